@@ -1,0 +1,3 @@
+from sercli.cli import main
+
+main()

@@ -1,0 +1,137 @@
+"""Audio input: decode any file libsndfile reads into 16 kHz mono float32 blocks.
+
+Files are streamed block by block so that memory stays flat however long a
+recording is. Every block is mixed down to mono, cleaned of NaN/Inf samples,
+clipped to [-1, 1] and resampled with soxr's streaming resampler.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+BLOCK_FRAMES = 1 << 18
+"""Frames (per channel, at the file's own rate) decoded per block: 5.5 s at 48 kHz."""
+
+
+class AudioError(Exception):
+    """A file that cannot be decoded as audio; the message is a one-line cause."""
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """What a file's header says.
+
+    Attributes
+    ----------
+    sample_rate : int
+        Native sampling rate in Hz.
+    channels : int
+        Number of channels.
+    frames : int
+        Length in samples per channel.
+    """
+
+    sample_rate: int
+    channels: int
+    frames: int
+
+    @property
+    def duration_s(self) -> float:
+        """Length in seconds."""
+        return self.frames / self.sample_rate
+
+
+def audio_info(path: str | Path) -> AudioInfo:
+    """Read a file's header.
+
+    Raises
+    ------
+    AudioError
+        If the file is missing, unreadable, or not audio libsndfile understands.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise AudioError("broken symbolic link" if path.is_symlink() else "file not found")
+    if path.is_dir():
+        raise AudioError("is a directory")
+    if not os.access(path, os.R_OK):
+        raise AudioError("permission denied")
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError, OSError) as error:
+        raise AudioError(_cause(error)) from None
+    if info.frames <= 0:
+        raise AudioError("no audio samples (zero-length audio)")
+    return AudioInfo(info.samplerate, info.channels, info.frames)
+
+
+def to_mono(block: np.ndarray) -> np.ndarray:
+    """Mix a ``(frames, channels)`` block down to a clean ``(frames,)`` float32 signal.
+
+    NaN becomes 0, +/-Inf and out-of-range samples are clipped to [-1, 1].
+    """
+    mono = block.mean(axis=1, dtype=np.float32) if block.ndim == 2 else block.astype(np.float32)
+    np.nan_to_num(mono, copy=False, nan=0.0, posinf=1.0, neginf=-1.0)
+    return np.clip(mono, -1.0, 1.0, out=mono)
+
+
+def iter_audio(path: str | Path, sample_rate: int = 16000, block_frames: int = BLOCK_FRAMES) -> Iterator[np.ndarray]:
+    """Stream a file as mono float32 blocks at ``sample_rate`` Hz.
+
+    Parameters
+    ----------
+    path : str or Path
+        Any file libsndfile reads (wav, flac, ogg, mp3, aiff, ...).
+    sample_rate : int
+        Output rate in Hz.
+    block_frames : int
+        Input frames decoded per block.
+
+    Yields
+    ------
+    np.ndarray, shape (n,)
+        Consecutive pieces of the resampled signal (some may be empty).
+
+    Raises
+    ------
+    AudioError
+        If the file cannot be opened or a block cannot be decoded (truncated file).
+    """
+    info = audio_info(path)
+    resampler = (
+        None
+        if info.sample_rate == sample_rate
+        else soxr.ResampleStream(info.sample_rate, sample_rate, 1, dtype="float32", quality="HQ")
+    )
+    try:
+        with sf.SoundFile(str(path)) as handle:
+            while True:
+                block = handle.read(block_frames, dtype="float32", always_2d=True)
+                last = len(block) < block_frames
+                mono = to_mono(block)
+                yield mono if resampler is None else resampler.resample_chunk(mono, last=last)
+                if last:
+                    return
+    except (sf.LibsndfileError, RuntimeError, OSError) as error:
+        raise AudioError(_cause(error)) from None
+
+
+def read_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
+    """Decode a whole file as one mono float32 signal at ``sample_rate`` Hz, shape ``(n,)``."""
+    return np.concatenate(list(iter_audio(path, sample_rate)))
+
+
+def _cause(error: Exception) -> str:
+    """A one-line, human cause for a decoding error."""
+    if isinstance(error, FileNotFoundError):
+        return "file not found (deleted while being read?)"
+    message = str(error).splitlines()[0] if str(error) else type(error).__name__
+    # libsndfile prefixes its messages with "Error opening 'path': "; the caller names the file.
+    return message.split(": ", 1)[-1] if message.startswith("Error opening") else message

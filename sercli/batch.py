@@ -1,0 +1,119 @@
+"""Annotating a batch of recordings into a results file that survives interruption.
+
+:class:`ResultsFile` keeps the whole table in memory and rewrites it atomically
+(temporary file + rename) at checkpoints, so the file on disk is always a
+complete, valid table holding whole recordings only: a run killed at any point
+loses at most the work since the last checkpoint, and a resumed run skips every
+recording already in the table. :class:`CsvStream` writes CSV to a stream
+(stdout) as recordings finish.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Protocol, TextIO
+
+import pandas as pd
+
+from sercli.model import Classifier
+from sercli.pipeline import FileOutcome, SegmentEmotion, annotate_files
+from sercli.vad import VadConfig
+from sercli.writers import atomic_output, read_results, results_frame, sort_results, write_csv, write_results
+
+
+class ResultSink(Protocol):
+    """Where a batch's rows go."""
+
+    done: set[str]
+    """Paths (as written in the ``path`` column) already annotated."""
+
+    def add(self, rows: list[SegmentEmotion]) -> None: ...
+
+    def save(self) -> None: ...
+
+
+class ResultsFile:
+    """A CSV or Parquet results file, rewritten atomically at most every ``checkpoint_s`` seconds.
+
+    Parameters
+    ----------
+    path : Path
+    metadata : dict
+        Stored in Parquet files (model identity, run options).
+    resume : bool
+        Start from the rows already in ``path`` (whose recordings are then skipped).
+    checkpoint_s : float
+        Minimum seconds between rewrites; the interval also grows to ten times
+        the last rewrite's duration so that rewriting never costs over 10 %.
+    """
+
+    def __init__(self, path: Path, metadata: dict, resume: bool, checkpoint_s: float = 10.0):
+        self.path, self.metadata, self.checkpoint_s = path, metadata, checkpoint_s
+        self.frames = [read_results(path)] if resume and path.exists() else []
+        self.done = set(self.frames[0]["path"]) if self.frames else set()
+        self.last_save, self.save_cost = time.monotonic(), 0.0
+
+    def add(self, rows: list[SegmentEmotion]) -> None:
+        self.frames.append(results_frame(rows))
+        self.done.add(rows[0].path)
+        if time.monotonic() - self.last_save >= max(self.checkpoint_s, 10 * self.save_cost):
+            self.save()
+
+    def save(self) -> None:
+        started = time.monotonic()
+        table = sort_results(pd.concat(self.frames, ignore_index=True)) if self.frames else results_frame([])
+        write_results(table, self.path, self.metadata)
+        self.frames = [table]
+        self.last_save = time.monotonic()
+        self.save_cost = self.last_save - started
+
+
+class CsvStream:
+    """CSV on a text stream, each recording's rows written and flushed as it finishes."""
+
+    def __init__(self, handle: TextIO = sys.stdout):
+        self.handle, self.done = handle, set()
+        write_csv(results_frame([]), handle)
+        handle.flush()
+
+    def add(self, rows: list[SegmentEmotion]) -> None:
+        write_csv(results_frame(rows), self.handle, header=False)
+        self.handle.flush()
+
+    def save(self) -> None:
+        self.handle.flush()
+
+
+def errors_path(output: Path) -> Path:
+    """Where the failures of a run writing ``output`` are listed: ``<output>.errors.csv``."""
+    return output.with_name(output.name + ".errors.csv")
+
+
+def write_errors(failures: list[FileOutcome], path: Path) -> None:
+    """Atomically write ``path, error`` rows, or remove a stale list when nothing failed."""
+    if not failures:
+        path.unlink(missing_ok=True)
+        return
+    frame = pd.DataFrame({"path": [str(f.path) for f in failures], "error": [f.error for f in failures]})
+    with atomic_output(path) as partial:
+        frame.to_csv(partial, index=False, lineterminator="\n")
+
+
+def annotate_into(
+    paths: Iterable[Path],
+    classifier: Classifier,
+    vad: VadConfig,
+    sink: ResultSink,
+    on_outcome: Callable[[FileOutcome], None] = lambda _: None,
+) -> None:
+    """Annotate the recordings the sink does not hold yet, adding each one's rows as it finishes.
+
+    ``on_outcome`` hears of every recording, failed ones included, after its rows are added.
+    """
+    for outcome in annotate_files([p for p in paths if str(p) not in sink.done], classifier, vad):
+        if outcome.error is None:
+            sink.add(outcome.rows)
+        on_outcome(outcome)

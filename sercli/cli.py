@@ -1,0 +1,395 @@
+"""The ``sercli`` command line: parses options and calls the library.
+
+Exit status: 0 when every recording was annotated; 1 on a fatal error (bad
+option, missing model, ...); 3 when some recordings failed (each is reported
+on stderr and in ``<output>.errors.csv``) and the rest were written; 130 when
+interrupted (what was done is kept).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from sercli import EMOTIONS, __version__
+
+EXIT_FATAL, EXIT_PARTIAL, EXIT_INTERRUPTED = 1, 3, 130
+
+app = typer.Typer(
+    name="sercli",
+    help="Batch speech-emotion annotation: folders of recordings in, per-segment emotion labels out.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True, highlight=False)
+
+
+def fail(message: str, code: int = EXIT_FATAL) -> typer.Exit:
+    """Print a one-line error on stderr; return the exit to raise."""
+    console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    return typer.Exit(code)
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        print(f"sercli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=version_callback, is_eager=True, help="Show the version and exit.")
+    ] = False,
+) -> None:
+    """Batch speech-emotion annotation: folders of recordings in, per-segment emotion labels out."""
+
+
+ModelOption = Annotated[
+    Path | None, typer.Option("--model", "-m", help="A .keras model with its .json card (default: the bundled one).")
+]
+
+
+@app.command()
+def annotate(
+    inputs: Annotated[list[Path], typer.Argument(help="Folders (searched recursively) and files.", show_default=False)],
+    output: Annotated[
+        str, typer.Option("--output", "-o", help="results.csv, results.parquet, or - for CSV on stdout.")
+    ] = "-",
+    model: ModelOption = None,
+    include: Annotated[list[str], typer.Option(help="Only files matching this glob (repeatable).")] = [],  # noqa: B006
+    exclude: Annotated[list[str], typer.Option(help="Skip files matching this glob (repeatable).")] = [],  # noqa: B006
+    aggressiveness: Annotated[int, typer.Option(help="VAD mode, 0 (keeps most) to 3 (keeps least).")] = 2,
+    min_speech: Annotated[float, typer.Option(help="Drop speech bursts shorter than this (s).")] = 0.25,
+    min_silence: Annotated[float, typer.Option(help="Pauses shorter than this (s) do not split a segment.")] = 0.3,
+    padding: Annotated[float, typer.Option(help="Context added around each segment (s).")] = 0.1,
+    max_segment: Annotated[float, typer.Option(help="Split longer segments into equal parts (s).")] = 10.0,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
+    resume: Annotated[bool, typer.Option(help="Keep an existing output's rows and annotate only the rest.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
+) -> None:
+    """Annotate recordings: one row per speech segment with its emotion probabilities."""
+    from sercli.batch import CsvStream, ResultsFile, annotate_into, errors_path, write_errors
+    from sercli.files import find_audio_files
+    from sercli.model import ModelError, bundled_model_path, load_classifier
+    from sercli.vad import VadConfig
+    from sercli.writers import table_format
+
+    try:
+        vad = VadConfig(aggressiveness, 30, min_speech, min_silence, padding, max_segment)
+        table_format(output)
+        paths = find_audio_files(inputs, include, exclude)
+    except (ValueError, FileNotFoundError) as error:
+        raise fail(str(error)) from None
+    to_stdout = output == "-"
+    out_path = None if to_stdout else Path(output)
+    if out_path is not None and out_path.exists() and not (overwrite or resume):
+        raise fail(f"{output} exists: pass --overwrite to replace it or --resume to complete it")
+    try:
+        classifier = load_classifier(model or bundled_model_path())
+    except ModelError as error:
+        raise fail(str(error)) from None
+    card = classifier.card
+    metadata = {
+        "model": {"name": card.name, "version": card.version, "sha256": card.sha256},
+        "sercli_version": __version__,
+        "vad": vad.__dict__,
+        "features": card.features,
+        "inputs": [str(p) for p in inputs],
+    }
+    try:
+        sink = CsvStream(sys.stdout) if to_stdout else ResultsFile(out_path, metadata, resume=resume)
+    except ValueError as error:
+        raise fail(f"cannot resume: {error}") from None
+    failures = []
+    progress = AnnotationProgress(len(paths) - len(sink.done), quiet)
+
+    def on_outcome(outcome) -> None:
+        if outcome.error is not None:
+            failures.append(outcome)
+            progress.console.print(f"[yellow]skipped[/] {outcome.path}: {outcome.error}", soft_wrap=True)
+        progress.advance(outcome.audio_s)
+
+    interrupted = False
+    with progress:
+        try:
+            annotate_into(paths, classifier, vad, sink, on_outcome)
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            sink.save()
+            if out_path is not None:
+                write_errors(failures, errors_path(out_path))
+    if not quiet:
+        console.print(progress.summary(failures, out_path))
+    if interrupted:
+        raise fail("interrupted; the recordings finished so far are saved (use --resume to go on)", EXIT_INTERRUPTED)
+    if failures:
+        raise typer.Exit(EXIT_PARTIAL)
+
+
+class AnnotationProgress:
+    """Rich progress on stderr: files, hours of audio, speed as a multiple of real time."""
+
+    def __init__(self, total: int, quiet: bool):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(
+            TextColumn("annotating"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("files, {task.fields[hours]:.2f} h audio, {task.fields[speed]:.0f}x real time"),
+            TimeElapsedColumn(),
+            console=console,
+            disable=quiet,
+            transient=True,
+        )
+        self.console = self.progress.console
+        self.task = self.progress.add_task("annotate", total=total, hours=0.0, speed=0.0)
+        self.audio_s, self.files, self.started = 0.0, 0, time.monotonic()
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.progress.__exit__(*exc)
+
+    def advance(self, audio_s: float) -> None:
+        self.audio_s += audio_s
+        self.files += 1
+        self.progress.update(self.task, advance=1, hours=self.audio_s / 3600, speed=self.speed)
+
+    @property
+    def speed(self) -> float:
+        return self.audio_s / max(time.monotonic() - self.started, 1e-9)
+
+    def summary(self, failures: list, out_path: Path | None) -> str:
+        text = (
+            f"annotated {self.files - len(failures)} of {self.files} files, "
+            f"{self.audio_s / 3600:.2f} h of audio at {self.speed:.0f}x real time"
+        )
+        if out_path is not None:
+            text += f" -> {out_path}"
+        if failures:
+            text += f"; [yellow]{len(failures)} failed[/]"
+            if out_path is not None:
+                from sercli.batch import errors_path
+
+                text += f" (listed in {errors_path(out_path)})"
+        return text
+
+
+@app.command()
+def export(
+    source: Annotated[Path, typer.Argument(help="A results table (.csv or .parquet).", show_default=False)],
+    destination: Annotated[
+        Path, typer.Argument(help="A .csv or .parquet file, or a folder for --labels.", show_default=False)
+    ],
+    per_file: Annotated[
+        bool, typer.Option(help="Write one summary row per recording (dominant emotion, share of speech).")
+    ] = False,
+    labels: Annotated[
+        str | None, typer.Option(help="Write per-recording label files instead: audacity or textgrid.")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing destination file.")] = False,
+) -> None:
+    """Convert a results table: CSV <-> Parquet, a per-file summary, or Audacity/TextGrid labels."""
+    from sercli.writers import (
+        LABEL_FORMATS,
+        per_file_summary,
+        read_metadata,
+        read_results,
+        table_format,
+        write_labels,
+        write_results,
+    )
+
+    try:
+        frame = read_results(source)
+        if labels is not None:
+            if labels not in LABEL_FORMATS:
+                raise ValueError(f"unknown label format '{labels}': use {' or '.join(LABEL_FORMATS)}")
+            written = write_labels(frame, destination, labels)
+            console.print(f"wrote {len(written)} {labels} label files under {destination}")
+            return
+        table_format(destination)
+        if destination.exists() and not overwrite:
+            raise ValueError(f"{destination} exists: pass --overwrite to replace it")
+        table = per_file_summary(frame) if per_file else frame
+        write_results(table, destination, read_metadata(source))
+    except ValueError as error:
+        raise fail(str(error)) from None
+    console.print(f"wrote {len(table)} rows to {destination}")
+
+
+@app.command()
+def train(
+    ravdess_dir: Annotated[Path, typer.Argument(help="RAVDESS speech folder (Actor_XX/03-01-*.wav or .flac).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where the .keras model goes (card beside it).")],
+    val_actors: Annotated[
+        str, typer.Option(help="Comma-separated actors held out for early stopping, or 'none' to train on all.")
+    ] = "none",
+    cv_folds: Annotated[int, typer.Option(help="Leave-actors-out cross-validation folds first (0: none).")] = 5,
+    epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = 30,
+    patience: Annotated[int, typer.Option(help="Early-stopping patience (epochs).")] = 6,
+    batch_size: Annotated[int, typer.Option(help="Windows per batch.")] = 64,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    augment: Annotated[bool, typer.Option(help="Random gain and SpecAugment masks.")] = True,
+) -> None:
+    """Train the emotion model on RAVDESS, speaker-independently, and write it with its card."""
+    _quiet_tensorflow()
+    from sercli.features import FeatureConfig
+    from sercli.training import TrainConfig, train_ravdess
+    from sercli.vad import VadConfig
+
+    try:
+        validation = [] if val_actors.strip().lower() in ("", "none") else [int(a) for a in val_actors.split(",")]
+    except ValueError:
+        raise fail(f"--val-actors must be comma-separated actor numbers or 'none', not '{val_actors}'") from None
+    config = TrainConfig(epochs=epochs, patience=patience, batch_size=batch_size, seed=seed, augment=augment)
+    started = time.monotonic()
+    try:
+        card = train_ravdess(
+            ravdess_dir, output, FeatureConfig(), VadConfig(), config, validation, cv_folds, log=console.print
+        )
+    except ValueError as error:
+        raise fail(str(error)) from None
+    console.print(f"wrote {output} and its card in {time.monotonic() - started:.0f} s")
+    _print_metrics(card.metrics)
+
+
+@app.command()
+def evaluate(
+    data_dir: Annotated[Path, typer.Argument(help="Labelled RAVDESS-layout folder.")],
+    model: ModelOption = None,
+    plot: Annotated[Path | None, typer.Option(help="Save the confusion matrix as an image (needs matplotlib).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON on stdout.")] = False,
+) -> None:
+    """Clip-level accuracy, unweighted accuracy, per-class recall and confusion matrix."""
+    from sercli.datasets import find_ravdess_clips
+    from sercli.evaluation import evaluate_windows, extract_windows
+    from sercli.model import ModelError, bundled_model_path, load_classifier
+    from sercli.vad import VadConfig
+
+    try:
+        classifier = load_classifier(model or bundled_model_path())
+        clips = find_ravdess_clips(data_dir)
+    except (ModelError, ValueError) as error:
+        raise fail(str(error)) from None
+    data = extract_windows(clips, classifier.card.feature_config, VadConfig(), console.print)
+    metrics = evaluate_windows(classifier.predict_proba, data)
+    if as_json:
+        print(json.dumps(metrics, indent=2))
+    else:
+        _print_metrics({"evaluation": metrics})
+    if plot is not None:
+        _plot_confusion(metrics["confusion"], plot)
+
+
+@app.command("export-model")
+def export_model(
+    model: Annotated[Path, typer.Argument(help="A trained .keras model with its .json card.")],
+) -> None:
+    """Re-create a model's LiteRT export (.tflite beside it), checked against the Keras outputs."""
+    _quiet_tensorflow()
+    import numpy as np
+
+    from sercli.features import signal_windows
+    from sercli.model import KerasClassifier, ModelError, load_classifier, save_model
+
+    try:
+        classifier = load_classifier(model)
+    except ModelError as error:
+        raise fail(str(error)) from None
+    if not isinstance(classifier, KerasClassifier):
+        raise fail(f"{model} is not a .keras model")
+    config = classifier.card.feature_config
+    noise = np.random.default_rng(0).normal(0.0, 0.1, 30 * config.sample_rate).astype(np.float32)
+    save_model(classifier.model, model, classifier.card, signal_windows(noise, config))
+    litert = classifier.card.exports["litert"]
+    console.print(
+        f"wrote {model.with_suffix('.tflite')}: outputs within {litert['max_abs_difference_from_keras']:.1e} "
+        f"of the Keras model on {litert['checked_windows']} noise windows"
+    )
+
+
+@app.command()
+def models(model: ModelOption = None) -> None:
+    """Show a model's card: what it is, how it was trained and how well it does."""
+    from sercli.model import ModelCard, ModelError, bundled_model_path, card_path
+
+    try:
+        path = model or bundled_model_path()
+        card = ModelCard.read(card_path(path))
+    except ModelError as error:
+        raise fail(str(error)) from None
+    table = Table(title=f"{card.name} {card.version}", show_header=False)
+    table.add_row("file", str(path))
+    table.add_row("sha256", card.sha256)
+    table.add_row("labels", ", ".join(card.labels))
+    table.add_row("features", json.dumps(card.features))
+    for key in ("data", "training_actors", "validation_actors", "clips", "epochs_run"):
+        if key in card.training:
+            table.add_row(key.replace("_", " "), str(card.training[key]))
+    Console().print(table)
+    _print_metrics(card.metrics, Console())
+
+
+def _print_metrics(metrics: dict, out: Console = console) -> None:
+    """Print each metrics block (cross-validation pooled, validation, evaluation) as tables."""
+    for name, block in metrics.items():
+        figures = block.get("pooled", block)
+        title = (
+            f"{name}: UA {figures['unweighted_accuracy']:.3f}, accuracy {figures['accuracy']:.3f}, {figures['n']} clips"
+        )
+        if "mean_ua" in block:
+            title += f" (per-fold UA {block['mean_ua']:.3f} +/- {block['std_ua']:.3f})"
+        table = Table("true \\ predicted", *[e[:4] for e in EMOTIONS], "recall", title=title)
+        for emotion, row in zip(EMOTIONS, figures["confusion"]):
+            recall = figures["per_class_recall"][emotion]
+            table.add_row(emotion, *map(str, row), "-" if recall is None else f"{recall:.2f}")
+        out.print(table)
+
+
+def _plot_confusion(confusion: list[list[int]], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise fail("--plot needs matplotlib: pip install 'sercli[plot]'") from None
+    figure, axes = plt.subplots(figsize=(7, 6))
+    image = axes.imshow(confusion, cmap="Blues")
+    axes.set_xticks(range(len(EMOTIONS)), EMOTIONS, rotation=45, ha="right")
+    axes.set_yticks(range(len(EMOTIONS)), EMOTIONS)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    for i, row in enumerate(confusion):
+        for j, count in enumerate(row):
+            axes.text(j, i, count, ha="center", va="center", fontsize=8)
+    figure.colorbar(image)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    console.print(f"confusion matrix saved to {path}")
+
+
+def _quiet_tensorflow() -> None:
+    """Keep TensorFlow's C++ start-up logging (not oneDNN itself) off stderr."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    _quiet_tensorflow()
+    app()

@@ -1,0 +1,83 @@
+"""Finding recordings: recursive, symlink-loop safe, filtered by suffix and globs."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from fnmatch import fnmatch
+from pathlib import Path
+
+AUDIO_SUFFIXES = frozenset(
+    {
+        ".wav",
+        ".wave",
+        ".flac",
+        ".ogg",
+        ".oga",
+        ".opus",
+        ".mp3",
+        ".aif",
+        ".aiff",
+        ".aifc",
+        ".au",
+        ".snd",
+        ".caf",
+        ".w64",
+        ".rf64",
+    }
+)
+"""File suffixes (lower case) treated as audio when walking folders."""
+
+
+def find_audio_files(
+    inputs: Iterable[str | Path],
+    include: Iterable[str] = (),
+    exclude: Iterable[str] = (),
+    suffixes: frozenset[str] = AUDIO_SUFFIXES,
+) -> list[Path]:
+    """Files to annotate under the given folders, plus the given files.
+
+    Folders are walked recursively, following symbolic links but never entering
+    the same folder twice, so link loops end. A file named directly is always
+    kept; a file found in a folder is kept when its suffix is in ``suffixes``,
+    it matches one of ``include`` (if any) and none of ``exclude``. Globs are
+    matched against the path relative to the folder given and against the bare
+    file name (``*`` also crosses ``/``).
+
+    Returns
+    -------
+    list of Path
+        Sorted, without duplicates. Broken links are kept so that they are reported.
+
+    Raises
+    ------
+    FileNotFoundError
+        If an input does not exist.
+    """
+    include, exclude = list(include), list(exclude)
+    found: set[Path] = set()
+    visited: set[tuple[int, int]] = set()
+    for item in map(Path, inputs):
+        if not item.exists() and not item.is_symlink():
+            raise FileNotFoundError(f"{item} does not exist")
+        if not item.is_dir():
+            found.add(item)
+            continue
+        for folder, subfolders, names in os.walk(item, followlinks=True):
+            status = os.stat(folder)
+            if (status.st_dev, status.st_ino) in visited:
+                subfolders.clear()
+                continue
+            visited.add((status.st_dev, status.st_ino))
+            subfolders.sort()
+            for name in names:
+                path = Path(folder, name)
+                relative = path.relative_to(item).as_posix()
+                if path.suffix.lower() not in suffixes:
+                    continue
+                if include and not any(fnmatch(relative, g) or fnmatch(name, g) for g in include):
+                    continue
+                if any(fnmatch(relative, g) or fnmatch(name, g) for g in exclude):
+                    continue
+                found.add(path)
+    return sorted(found)

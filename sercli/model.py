@@ -1,0 +1,338 @@
+"""The emotion model: its definition, its card, and loading it for inference.
+
+A model is a ``.keras`` file with a JSON model card beside it (same stem). The
+card names the label order and the feature configuration the model was trained
+with, so a model can never be fed features it was not trained on. TensorFlow is
+imported only inside the functions that need it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from sercli import EMOTIONS
+from sercli.features import FeatureConfig
+
+BUNDLED_MODEL_NAME = "sercli-cnn-bilstm"
+PREDICT_BATCH = 256
+"""Windows per inference call."""
+LITERT_BATCH = 64
+"""Fixed batch size of LiteRT exports."""
+
+
+class ModelError(Exception):
+    """A model file or model card that cannot be used; the message is a one-line cause."""
+
+
+@dataclass
+class ModelCard:
+    """What a model is and how it was made, stored as JSON beside the weights.
+
+    Attributes
+    ----------
+    name, version : str
+        Model identity.
+    labels : list of str
+        Output order of the softmax.
+    features : dict
+        :class:`FeatureConfig` fields the model expects.
+    sha256 : str
+        Hex digest of the ``.keras`` weights file.
+    training : dict
+        Data, actors, hyper-parameters and package versions of the training run.
+    metrics : dict
+        Validation figures (cross-validated where available).
+    exports : dict
+        Other formats of the same weights, e.g. ``litert``: file, digest, batch,
+        quantization and the largest probability difference from the Keras model.
+    """
+
+    name: str
+    version: str
+    labels: list[str]
+    features: dict
+    sha256: str = ""
+    training: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    exports: dict = field(default_factory=dict)
+
+    @property
+    def feature_config(self) -> FeatureConfig:
+        """The feature configuration as a :class:`FeatureConfig`."""
+        return FeatureConfig(**self.features)
+
+    def write(self, path: str | Path) -> None:
+        """Write the card as indented JSON."""
+        Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def read(cls, path: str | Path) -> ModelCard:
+        """Read and validate a card.
+
+        Raises
+        ------
+        ModelError
+            If the card is missing, not JSON, or its labels or features are unusable.
+        """
+        try:
+            card = cls(**json.loads(Path(path).read_text()))
+            config = card.feature_config
+        except FileNotFoundError:
+            raise ModelError(f"model card {path} not found") from None
+        except (ValueError, TypeError) as error:
+            raise ModelError(f"model card {path} is invalid: {error}") from None
+        if tuple(card.labels) != EMOTIONS:
+            raise ModelError(f"model card {path} labels {card.labels} are not the 8 RAVDESS emotions in order")
+        if config.window_frames <= 0 or config.n_mfcc <= 0:
+            raise ModelError(f"model card {path} has an empty feature window")
+        return card
+
+
+def card_path(model_path: str | Path) -> Path:
+    """Where a model's card lives: beside it, with a ``.json`` suffix."""
+    return Path(model_path).with_suffix(".json")
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 digest of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def bundled_model_path(suffix: str = ".tflite") -> Path:
+    """The model shipped with sercli, inside the installed package or in ``models/`` of a checkout.
+
+    ``.tflite`` (the default) is the LiteRT export that annotation runs without
+    TensorFlow; ``.keras`` is the trained Keras model it was exported from.
+    """
+    package = Path(__file__).resolve().parent
+    for folder in (package / "models", package.parent / "models"):
+        if (folder / f"{BUNDLED_MODEL_NAME}{suffix}").exists():
+            return folder / f"{BUNDLED_MODEL_NAME}{suffix}"
+    raise ModelError("the bundled model is missing from this installation; pass --model")
+
+
+def build_cnn_bilstm(
+    feature_mean: np.ndarray,
+    feature_std: np.ndarray,
+    window_frames: int = 100,
+    n_coeffs: int = 40,
+    n_classes: int = len(EMOTIONS),
+):
+    """The CNN-BiLSTM classifier, uncompiled.
+
+    Input ``(window_frames, n_coeffs, 1)`` MFCC windows, normalised per coefficient
+    inside the model with the training set's ``feature_mean`` and ``feature_std``
+    (each shape ``(n_coeffs,)``); then Conv2D 64 + BN + ReLU + 2x2 max-pool +
+    dropout 0.3, Conv2D 128 + BN + ReLU + 2x2 max-pool + dropout 0.3, reshape to
+    ``window_frames / 4`` steps, BiLSTM 128 (sequences), BiLSTM 128, Dense 256
+    ReLU, dropout 0.5, softmax over ``n_classes``.
+    """
+    import keras
+    from keras import layers
+
+    steps, bins = window_frames // 4, n_coeffs // 4
+    inputs = keras.Input((window_frames, n_coeffs, 1), name="mfcc")
+    x = layers.Normalization(
+        axis=2, mean=np.asarray(feature_mean).reshape(-1), variance=np.square(np.asarray(feature_std)).reshape(-1)
+    )(inputs)
+    for filters in (64, 128):
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.ReLU()(x)
+        x = layers.MaxPooling2D(2)(x)
+        x = layers.Dropout(0.3)(x)
+    x = layers.Reshape((steps, bins * 128))(x)
+    x = layers.Bidirectional(layers.LSTM(128, return_sequences=True))(x)
+    x = layers.Bidirectional(layers.LSTM(128))(x)
+    x = layers.Dense(256, activation="relu")(x)
+    x = layers.Dropout(0.5)(x)
+    outputs = layers.Dense(n_classes, activation="softmax", name="emotion")(x)
+    return keras.Model(inputs, outputs, name="cnn_bilstm")
+
+
+class Classifier(Protocol):
+    """Anything that turns MFCC windows into emotion probabilities."""
+
+    card: ModelCard
+
+    def predict_proba(self, windows: np.ndarray) -> np.ndarray:
+        """Probabilities ``(n_windows, n_labels)`` for windows ``(n_windows, frames, coeffs)``."""
+
+
+class LiteRTClassifier:
+    """Runs a LiteRT (``.tflite``) export of a model, without TensorFlow.
+
+    The export has a fixed batch size (LiteRT cannot lower the BiLSTM's loops with
+    a dynamic one); a short last batch is padded with zeros.
+    """
+
+    def __init__(self, path: Path, card: ModelCard, threads: int | None = None):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.card = card
+        with quiet_native_output():
+            self.interpreter = Interpreter(model_path=str(path), num_threads=threads or os.cpu_count() or 1)
+            self.interpreter.allocate_tensors()
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+        self.batch = int(self.input["shape"][0])
+
+    def predict_proba(self, windows: np.ndarray) -> np.ndarray:
+        windows = np.asarray(windows, dtype=np.float32)[..., None]
+        results = []
+        for i in range(0, len(windows), self.batch):
+            chunk = windows[i : i + self.batch]
+            padded = np.zeros((self.batch, *chunk.shape[1:]), np.float32)
+            padded[: len(chunk)] = chunk
+            self.interpreter.set_tensor(self.input["index"], padded)
+            self.interpreter.invoke()
+            results.append(self.interpreter.get_tensor(self.output["index"])[: len(chunk)].copy())
+        return np.concatenate(results) if results else np.zeros((0, len(self.card.labels)), np.float32)
+
+
+class KerasClassifier:
+    """Runs a ``.keras`` model with TensorFlow, in fixed-size batches through one traced graph."""
+
+    def __init__(self, model, card: ModelCard):
+        import tensorflow as tf
+
+        self.card = card
+        self.model = model
+        config = card.feature_config
+        signature = tf.TensorSpec((None, config.window_frames, config.n_mfcc, 1), tf.float32)
+        self._forward = tf.function(lambda x: model(x, training=False), input_signature=[signature])
+
+    def predict_proba(self, windows: np.ndarray) -> np.ndarray:
+        windows = np.asarray(windows, dtype=np.float32)[..., None]
+        batches = [self._forward(windows[i : i + PREDICT_BATCH]).numpy() for i in range(0, len(windows), PREDICT_BATCH)]
+        return np.concatenate(batches) if batches else np.zeros((0, len(self.card.labels)), np.float32)
+
+
+def load_classifier(model_path: str | Path) -> Classifier:
+    """Load a model (``.keras`` with TensorFlow, ``.tflite`` with LiteRT) and its card.
+
+    Raises
+    ------
+    ModelError
+        If either file is missing or unusable, or the model's input and output
+        shapes do not match the card.
+    """
+    model_path = Path(model_path)
+    if not model_path.is_file():
+        raise ModelError(f"model file {model_path} not found")
+    card = ModelCard.read(card_path(model_path))
+    config = card.feature_config
+    expected_in, expected_out = (config.window_frames, config.n_mfcc, 1), len(card.labels)
+    if model_path.suffix == ".tflite":
+        try:
+            classifier = LiteRTClassifier(model_path, card)
+        except (ValueError, RuntimeError) as error:
+            raise ModelError(f"{model_path} is not a LiteRT model: {str(error).splitlines()[0]}") from None
+        shape_in, shape_out = tuple(classifier.input["shape"][1:]), tuple(classifier.output["shape"][1:])
+    else:
+        with quiet_native_output():
+            import keras
+
+            try:
+                model = keras.models.load_model(model_path, compile=False)
+            except Exception as error:  # noqa: BLE001 - keras raises many types for a file that is not a model
+                raise ModelError(f"{model_path} is not a Keras model: {str(error).splitlines()[0]}") from None
+            classifier = KerasClassifier(model, card)
+        shape_in, shape_out = tuple(model.input_shape[1:]), tuple(model.output_shape[1:])
+    if shape_in != expected_in or shape_out != (expected_out,):
+        raise ModelError(
+            f"{model_path} takes {shape_in} windows and gives {shape_out} outputs, "
+            f"but its card describes {expected_in} -> ({expected_out},)"
+        )
+    return classifier
+
+
+def export_litert(model, path: str | Path, batch: int = LITERT_BATCH, quantize: bool = True) -> None:
+    """Convert a Keras model to LiteRT with built-in ops only, for a fixed batch size.
+
+    Parameters
+    ----------
+    model : keras.Model
+    path : str or Path
+        Output ``.tflite`` file.
+    batch : int
+        Windows per inference call of the export.
+    quantize : bool
+        Dynamic-range int8 weights (about 2x faster on CPU, outputs within ~1e-3).
+    """
+    import keras
+    import tensorflow as tf
+
+    inputs = keras.Input(model.input_shape[1:], batch_size=batch)
+    converter = tf.lite.TFLiteConverter.from_keras_model(keras.Model(inputs, model(inputs)))
+    if quantize:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    with quiet_native_output(fds=(1, 2)):
+        flatbuffer = converter.convert()
+    Path(path).write_bytes(flatbuffer)
+
+
+def save_model(model, path: str | Path, card: ModelCard, check_windows: np.ndarray) -> None:
+    """Write a model as ``.keras`` (no optimizer state) and ``.tflite``, with the card beside them.
+
+    The LiteRT export's outputs are compared with the Keras model's on
+    ``check_windows`` (shape ``(n, frames, coeffs)``) and the largest difference
+    is recorded in the card.
+    """
+    import keras
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    inference = keras.models.clone_model(model)
+    inference.set_weights(model.get_weights())
+    inference.save(path)
+    litert_path = path.with_suffix(".tflite")
+    export_litert(inference, litert_path)
+    card.sha256 = file_sha256(path)
+    expected = inference.predict(check_windows[..., None], batch_size=PREDICT_BATCH, verbose=0)
+    difference = np.abs(LiteRTClassifier(litert_path, card).predict_proba(check_windows) - expected).max()
+    card.exports["litert"] = {
+        "file": litert_path.name,
+        "sha256": file_sha256(litert_path),
+        "batch": LITERT_BATCH,
+        "quantization": "dynamic-range int8 weights",
+        "max_abs_difference_from_keras": float(difference),
+        "checked_windows": len(check_windows),
+    }
+    card.write(card_path(path))
+
+
+@contextmanager
+def quiet_native_output(fds: tuple[int, ...] = (2,)) -> Iterator[None]:
+    """Send what native code (TensorFlow, LiteRT) prints on these file descriptors to /dev/null.
+
+    TensorFlow prints its oneDNN and CPU-feature notices from C++ before its
+    log level applies, so only redirecting the descriptor keeps them off stderr.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(fd) for fd in fds]
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for fd in fds:
+            os.dup2(devnull, fd)
+        yield
+    finally:
+        for fd, copy in zip(fds, saved):
+            os.dup2(copy, fd)
+            os.close(copy)
+        os.close(devnull)

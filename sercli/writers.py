@@ -1,0 +1,249 @@
+"""Writing results: atomic file replacement, CSV and Parquet tables."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from sercli import EMOTIONS
+from sercli.pipeline import SegmentEmotion
+
+
+@contextmanager
+def atomic_output(path: str | Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` that replaces ``path`` when the block succeeds.
+
+    Readers see either the old file or the complete new one, never a partial
+    write; on an exception the temporary file is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+RESULT_COLUMNS: tuple[str, ...] = (
+    "path",
+    "segment",
+    "start_s",
+    "end_s",
+    "label",
+    "confidence",
+    *(f"prob_{emotion}" for emotion in EMOTIONS),
+)
+"""Columns of the results table, in order."""
+
+_FLOAT_COLUMNS = RESULT_COLUMNS[2:4] + RESULT_COLUMNS[5:]
+TABLE_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+
+
+def table_format(path: str | Path) -> str:
+    """``"csv"`` or ``"parquet"`` from a file name (``-`` is CSV on stdout).
+
+    Raises
+    ------
+    ValueError
+        For any other suffix.
+    """
+    if str(path) == "-":
+        return "csv"
+    suffix = Path(path).suffix.lower()
+    if suffix not in TABLE_SUFFIXES:
+        raise ValueError(f"unknown output format '{suffix or path}': use .csv, .parquet or - (CSV on stdout)")
+    return TABLE_SUFFIXES[suffix]
+
+
+def results_frame(rows: Iterable[SegmentEmotion]) -> pd.DataFrame:
+    """The results table of some rows, with :data:`RESULT_COLUMNS` and their dtypes."""
+    rows = list(rows)
+    probabilities = np.array([row.probabilities for row in rows], dtype=np.float32).reshape(len(rows), len(EMOTIONS))
+    frame = pd.DataFrame(
+        {
+            "path": pd.array([row.path for row in rows], dtype="string"),
+            "segment": np.array([row.segment for row in rows], dtype=np.int32),
+            "start_s": np.array([row.start_s for row in rows], dtype=np.float64),
+            "end_s": np.array([row.end_s for row in rows], dtype=np.float64),
+            "label": pd.array([row.label for row in rows], dtype="string"),
+            "confidence": np.array([row.confidence for row in rows], dtype=np.float32),
+        }
+    )
+    for i, emotion in enumerate(EMOTIONS):
+        frame[f"prob_{emotion}"] = probabilities[:, i]
+    return frame
+
+
+def conform(frame: pd.DataFrame) -> pd.DataFrame:
+    """A results table read from anywhere, checked and given the canonical dtypes.
+
+    Raises
+    ------
+    ValueError
+        If columns are missing.
+    """
+    missing = [column for column in RESULT_COLUMNS if column not in frame.columns]
+    if missing:
+        raise ValueError(f"not a sercli results table: missing columns {', '.join(missing)}")
+    frame = frame.loc[:, list(RESULT_COLUMNS)].copy()
+    frame["path"] = frame["path"].astype("string")
+    frame["label"] = frame["label"].astype("string")
+    frame["segment"] = frame["segment"].astype(np.int32)
+    frame[list(_FLOAT_COLUMNS)] = frame[list(_FLOAT_COLUMNS)].astype(np.float64)
+    for column in _FLOAT_COLUMNS[2:]:
+        frame[column] = frame[column].astype(np.float32)
+    return frame
+
+
+def sort_results(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows ordered by path, then start time."""
+    return frame.sort_values(["path", "start_s", "segment"], kind="stable", ignore_index=True)
+
+
+def read_results(path: str | Path) -> pd.DataFrame:
+    """Read a results table written by :func:`write_results` (CSV or Parquet).
+
+    Raises
+    ------
+    ValueError
+        If the file is not a results table.
+    """
+    try:
+        if table_format(path) == "parquet":
+            frame = pd.read_parquet(path)
+        else:
+            frame = pd.read_csv(
+                path, dtype={"path": "string", "label": "string"}, keep_default_na=False, na_values=[""]
+            )
+    except (OSError, pd.errors.ParserError, pa.ArrowInvalid) as error:
+        raise ValueError(f"cannot read {path}: {str(error).splitlines()[0]}") from None
+    return conform(frame)
+
+
+def write_csv(frame: pd.DataFrame, handle: TextIO, header: bool = True) -> None:
+    """CSV text of a results table: times to the millisecond, probabilities to 1e-5."""
+    frame.round({"start_s": 3, "end_s": 3, **{c: 5 for c in _FLOAT_COLUMNS[2:]}}).to_csv(
+        handle, index=False, header=header, lineterminator="\n", float_format="%.5g"
+    )
+
+
+def write_results(frame: pd.DataFrame, path: str | Path, metadata: dict | None = None) -> None:
+    """Atomically write a results table as CSV or Parquet (by suffix).
+
+    Parquet files carry ``metadata`` (model identity, run options) as JSON under
+    the schema metadata key ``sercli``.
+    """
+    with atomic_output(path) as partial:
+        if table_format(path) == "parquet":
+            table = pa.Table.from_pandas(frame, preserve_index=False)
+            schema_metadata = {**(table.schema.metadata or {}), b"sercli": json.dumps(metadata or {}).encode()}
+            pq.write_table(table.replace_schema_metadata(schema_metadata), partial)
+        else:
+            with open(partial, "w", newline="", encoding="utf-8") as handle:
+                write_csv(frame, handle)
+
+
+def read_metadata(path: str | Path) -> dict:
+    """The ``sercli`` metadata of a Parquet results file (empty for CSV)."""
+    if table_format(path) != "parquet":
+        return {}
+    raw = (pq.read_schema(path).metadata or {}).get(b"sercli", b"{}")
+    return json.loads(raw)
+
+
+def per_file_summary(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per recording: speech time, segment count, dominant emotion and each emotion's share.
+
+    Shares are fractions of the recording's speech time whose segments carry each
+    label; the dominant emotion has the largest share (empty when no speech was found).
+    """
+    speech = frame[frame["label"].notna()].assign(duration_s=lambda f: f["end_s"] - f["start_s"])
+    shares = speech.pivot_table(index="path", columns="label", values="duration_s", aggfunc="sum", fill_value=0.0)
+    shares = shares.reindex(columns=list(EMOTIONS), fill_value=0.0)
+    totals = shares.sum(axis=1)
+    summary = pd.DataFrame(index=pd.Index(frame["path"].unique(), name="path"))
+    summary["segments"] = speech.groupby("path").size().reindex(summary.index, fill_value=0).astype(np.int32)
+    summary["speech_s"] = totals.reindex(summary.index, fill_value=0.0)
+    summary["dominant"] = pd.array(shares.idxmax(axis=1).reindex(summary.index), dtype="string")
+    fractions = shares.div(totals, axis=0).reindex(summary.index)
+    summary["dominant_share"] = fractions.max(axis=1)
+    for emotion in EMOTIONS:
+        summary[f"share_{emotion}"] = fractions[emotion]
+    return summary.reset_index()
+
+
+LABEL_FORMATS = {"audacity": ".txt", "textgrid": ".TextGrid"}
+
+
+def write_labels(frame: pd.DataFrame, folder: str | Path, label_format: str) -> list[Path]:
+    """Write one label file per recording into ``folder``, mirroring the recordings' folders.
+
+    ``audacity``: tab-separated ``start end label`` lines (Audacity label track).
+    ``textgrid``: a Praat TextGrid with one interval tier ``emotion``; gaps between
+    segments are empty intervals.
+
+    Returns
+    -------
+    list of Path
+        The files written.
+    """
+    folder = Path(folder)
+    paths = frame["path"].unique()
+    root = Path(os.path.commonpath([str(Path(p).parent) for p in paths])) if len(paths) else Path()
+    written = []
+    for path, rows in frame[frame["label"].notna()].groupby("path", sort=True):
+        target = folder / Path(path).relative_to(root).with_suffix(LABEL_FORMATS[label_format])
+        target.parent.mkdir(parents=True, exist_ok=True)
+        intervals = list(zip(rows["start_s"], rows["end_s"], rows["label"]))
+        text = _audacity(intervals) if label_format == "audacity" else _textgrid(intervals)
+        with atomic_output(target) as partial:
+            partial.write_text(text, encoding="utf-8")
+        written.append(target)
+    return written
+
+
+def _audacity(intervals: list[tuple[float, float, str]]) -> str:
+    return "".join(f"{start:.3f}\t{end:.3f}\t{label}\n" for start, end, label in intervals)
+
+
+def _textgrid(intervals: list[tuple[float, float, str]]) -> str:
+    filled, cursor = [], 0.0
+    for start, end, label in intervals:
+        if start > cursor:
+            filled.append((cursor, start, ""))
+        filled.append((start, end, label))
+        cursor = end
+    lines = [
+        'File type = "ooTextFile"',
+        'Object class = "TextGrid"',
+        "",
+        "xmin = 0",
+        f"xmax = {cursor:.3f}",
+        "tiers? <exists>",
+        "size = 1",
+        "item []:",
+        "    item [1]:",
+        '        class = "IntervalTier"',
+        '        name = "emotion"',
+        "        xmin = 0",
+        f"        xmax = {cursor:.3f}",
+        f"        intervals: size = {len(filled)}",
+    ]
+    for i, (start, end, label) in enumerate(filled, 1):
+        lines += [
+            f"        intervals [{i}]:",
+            f"            xmin = {start:.3f}",
+            f"            xmax = {end:.3f}",
+            f'            text = "{label}"',
+        ]
+    return "\n".join(lines) + "\n"

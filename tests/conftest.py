@@ -1,0 +1,77 @@
+"""Shared fixtures: a randomly initialised model and generated recordings."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def make_random_model(folder: Path, name: str = "random") -> Path:
+    """An untrained CNN-BiLSTM with a valid card, saved as ``folder/name.keras``."""
+    import keras
+
+    from sercli import EMOTIONS
+    from sercli.features import FeatureConfig, signal_windows
+    from sercli.model import ModelCard, build_cnn_bilstm, save_model
+
+    keras.utils.set_random_seed(1)
+    config = FeatureConfig()
+    model = build_cnn_bilstm(np.full(config.n_mfcc, -10.0), np.full(config.n_mfcc, 50.0))
+    card = ModelCard(name=name, version="test", labels=list(EMOTIONS), features=config.to_dict())
+    path = folder / f"{name}.keras"
+    noise = np.random.default_rng(0).normal(0, 0.1, 5 * config.sample_rate).astype(np.float32)
+    save_model(model, path, card, signal_windows(noise, config))
+    return path
+
+
+@pytest.fixture(scope="session")
+def random_model(tmp_path_factory) -> Path:
+    return make_random_model(tmp_path_factory.mktemp("model"))
+
+
+def speak(text: str, path: Path, voice: str = "en-us", speed: int = 150) -> np.ndarray:
+    """Synthesise ``text`` with espeak-ng into ``path`` (22.05 kHz mono WAV); return the samples."""
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
+    subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-w", str(path), text], check=True)
+    signal, _ = sf.read(path, dtype="float32")
+    return signal
+
+
+@pytest.fixture(scope="session")
+def utterances(tmp_path_factory) -> list[np.ndarray]:
+    """Three espeak utterances at 22.05 kHz, trimmed to their first and last audible sample."""
+    folder = tmp_path_factory.mktemp("speech")
+    texts = [
+        "I can't believe you did that again.",
+        "Well, I suppose we could try it tomorrow.",
+        "That is wonderful news, congratulations!",
+    ]
+    trimmed = []
+    for i, text in enumerate(texts):
+        signal = speak(text, folder / f"{i}.wav")
+        loud = np.flatnonzero(np.abs(signal) > 0.01)
+        trimmed.append(signal[loud[0] : loud[-1] + 1])
+    return trimmed
+
+
+ESPEAK_RATE = 22050
+
+
+def speech_with_silences(utterances: list[np.ndarray], silence_s: float = 1.0, lead_s: float = 0.5):
+    """Utterances separated by silences; returns the signal (22.05 kHz) and true (start_s, end_s) spans."""
+    pieces, spans, cursor = [np.zeros(int(lead_s * ESPEAK_RATE), np.float32)], [], lead_s
+    for utterance in utterances:
+        pieces.append(utterance)
+        spans.append((cursor, cursor + len(utterance) / ESPEAK_RATE))
+        cursor += len(utterance) / ESPEAK_RATE + silence_s
+        pieces.append(np.zeros(int(silence_s * ESPEAK_RATE), np.float32))
+    return np.concatenate(pieces), spans

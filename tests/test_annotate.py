@@ -1,0 +1,179 @@
+"""The annotate and export commands end to end, as a user runs them."""
+
+import io
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import soundfile as sf
+from conftest import ESPEAK_RATE, speech_with_silences
+
+from sercli import EMOTIONS
+from sercli.writers import RESULT_COLUMNS, read_metadata, read_results
+
+
+def sercli(*args, check_code=0, **kwargs) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [sys.executable, "-m", "sercli", *map(str, args)],
+        check=False,
+        capture_output=True,
+        text=True,
+        **kwargs,
+    )
+    assert result.returncode == check_code, result.stderr
+    return result
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, utterances):
+    """speech.wav (3 utterances), b_corrupt.wav (random bytes), c_silence.wav, nested/stereo.flac (44.1 kHz)."""
+    folder = tmp_path_factory.mktemp("corpus")
+    signal, _ = speech_with_silences(utterances, silence_s=1.0)
+    sf.write(folder / "a_speech.wav", signal, ESPEAK_RATE)
+    (folder / "b_corrupt.wav").write_bytes(np.random.default_rng(0).bytes(4000))
+    sf.write(folder / "c_silence.wav", np.zeros(3 * 16000, np.float32), 16000)
+    (folder / "nested").mkdir()
+    stereo, _ = speech_with_silences(utterances[:2], silence_s=0.7)
+    import soxr
+
+    stereo = soxr.resample(stereo, ESPEAK_RATE, 44100)
+    sf.write(folder / "nested" / "stereo.flac", np.stack([stereo, 0.5 * stereo], axis=1), 44100)
+    (folder / "notes.txt").write_text("not audio")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def litert_model(random_model):
+    return random_model.with_suffix(".tflite")
+
+
+def test_stdout_holds_only_the_csv_and_a_bad_file_does_not_stop_the_batch(corpus, litert_model):
+    result = sercli("annotate", corpus, "-o", "-", "--model", litert_model, check_code=3)
+    table = pd.read_csv(io.StringIO(result.stdout))
+    assert list(table.columns) == list(RESULT_COLUMNS)
+    paths = table["path"].str.replace(str(corpus) + "/", "")
+    assert list(paths.unique()) == ["a_speech.wav", "c_silence.wav", "nested/stereo.flac"]
+    assert (paths == "a_speech.wav").sum() == 3
+    assert (paths == "nested/stereo.flac").sum() == 2
+    assert "b_corrupt.wav" in result.stderr and "Format not recognised" in result.stderr
+
+
+def test_rows_are_sorted_and_probabilities_are_distributions(corpus, litert_model, tmp_path):
+    out = tmp_path / "results.csv"
+    sercli("annotate", corpus, "-o", out, "--model", litert_model, "--quiet", check_code=3)
+    table = read_results(out)
+    assert table.equals(table.sort_values(["path", "start_s"], ignore_index=True))
+    speech = table[table["label"].notna()]
+    probabilities = speech[[f"prob_{e}" for e in EMOTIONS]].to_numpy()
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-3)
+    assert (speech["label"] == [EMOTIONS[i] for i in probabilities.argmax(axis=1)]).all()
+    np.testing.assert_allclose(speech["confidence"], probabilities.max(axis=1), atol=1e-6)
+    assert (speech["end_s"] > speech["start_s"]).all()
+
+
+def test_a_file_without_speech_has_one_row_without_label(corpus, litert_model, tmp_path):
+    out = tmp_path / "results.csv"
+    sercli("annotate", corpus / "c_silence.wav", "-o", out, "--model", litert_model)
+    table = read_results(out)
+    assert len(table) == 1
+    row = table.iloc[0]
+    assert row["segment"] == 0 and pd.isna(row["label"]) and np.isnan(row["prob_calm"])
+    assert (row["start_s"], row["end_s"]) == (0.0, 3.0)
+
+
+def test_failures_are_listed_beside_the_output(corpus, litert_model, tmp_path):
+    out = tmp_path / "results.csv"
+    sercli("annotate", corpus, "-o", out, "--model", litert_model, check_code=3)
+    errors = pd.read_csv(tmp_path / "results.csv.errors.csv")
+    assert list(errors["path"]) == [str(corpus / "b_corrupt.wav")]
+    assert errors["error"][0] == "Format not recognised."
+
+
+def test_parquet_has_dtypes_and_run_metadata(corpus, litert_model, tmp_path):
+    out = tmp_path / "results.parquet"
+    sercli("annotate", corpus, "-o", out, "--model", litert_model, "--aggressiveness", "3", check_code=3)
+    schema = pq.read_schema(out)
+    assert schema.names == list(RESULT_COLUMNS)
+    assert str(schema.field("segment").type) == "int32"
+    assert str(schema.field("start_s").type) == "double"
+    assert str(schema.field("prob_happy").type) == "float"
+    assert str(schema.field("label").type) in ("string", "large_string")
+    metadata = read_metadata(out)
+    assert metadata["model"]["name"] == "random" and len(metadata["model"]["sha256"]) == 64
+    assert metadata["vad"]["aggressiveness"] == 3
+
+
+def test_export_round_trips_csv_and_parquet(corpus, litert_model, tmp_path):
+    csv, parquet, back = tmp_path / "r.csv", tmp_path / "r.parquet", tmp_path / "back.csv"
+    sercli("annotate", corpus, "-o", csv, "--model", litert_model, check_code=3)
+    sercli("export", csv, parquet)
+    sercli("export", parquet, back)
+    original, converted = read_results(csv), read_results(parquet)
+    pd.testing.assert_frame_equal(original, converted)
+    assert back.read_text() == csv.read_text()
+
+
+def test_per_file_summary(corpus, litert_model, tmp_path):
+    csv, summary = tmp_path / "r.csv", tmp_path / "summary.csv"
+    sercli("annotate", corpus, "-o", csv, "--model", litert_model, check_code=3)
+    sercli("export", csv, summary, "--per-file")
+    table, rows = pd.read_csv(summary), read_results(csv)
+    assert len(table) == 3
+    speech = table.set_index("path").loc[str(corpus / "a_speech.wav")]
+    own = rows[rows["path"] == str(corpus / "a_speech.wav")]
+    assert speech["segments"] == 3
+    assert speech["speech_s"] == pytest.approx((own["end_s"] - own["start_s"]).sum(), abs=1e-3)
+    assert speech["dominant"] in EMOTIONS
+    shares = [speech[f"share_{e}"] for e in EMOTIONS]
+    assert sum(shares) == pytest.approx(1.0) and max(shares) == pytest.approx(speech["dominant_share"])
+    silence = table.set_index("path").loc[str(corpus / "c_silence.wav")]
+    assert silence["segments"] == 0 and pd.isna(silence["dominant"])
+
+
+@pytest.mark.parametrize(
+    ("label_format", "suffix", "marker"), [("audacity", ".txt", "\t"), ("textgrid", ".TextGrid", "IntervalTier")]
+)
+def test_label_files_per_recording(corpus, litert_model, tmp_path, label_format, suffix, marker):
+    csv = tmp_path / "r.csv"
+    sercli("annotate", corpus, "-o", csv, "--model", litert_model, check_code=3)
+    sercli("export", csv, tmp_path / "labels", "--labels", label_format)
+    written = sorted(p.relative_to(tmp_path / "labels").as_posix() for p in (tmp_path / "labels").rglob("*.*"))
+    assert written == [f"a_speech{suffix}", f"nested/stereo{suffix}"]
+    text = (tmp_path / "labels" / f"a_speech{suffix}").read_text()
+    assert marker in text and any(e in text for e in EMOTIONS)
+
+
+def test_existing_output_is_not_overwritten_without_asking(corpus, litert_model, tmp_path):
+    out = tmp_path / "results.csv"
+    out.write_text("precious")
+    result = sercli("annotate", corpus / "a_speech.wav", "-o", out, "--model", litert_model, check_code=1)
+    assert "exists" in result.stderr and out.read_text() == "precious"
+    sercli("annotate", corpus / "a_speech.wav", "-o", out, "--model", litert_model, "--overwrite")
+    assert len(read_results(out)) == 3
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["/no/such/folder"], "does not exist"),
+        (["{corpus}", "-o", "out.xlsx"], "unknown output format"),
+        (["{corpus}", "--aggressiveness", "7"], "aggressiveness"),
+        (["{corpus}", "--model", "/no/model.keras"], "not found"),
+    ],
+)
+def test_bad_options_give_one_line_errors(corpus, tmp_path, args, message):
+    result = sercli("annotate", *[a.format(corpus=corpus) for a in args], check_code=1, cwd=tmp_path)
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert result.stdout == ""
+
+
+def test_help_and_version_are_instant_and_do_not_import_tensorflow():
+    code = "import sys; from sercli.cli import app; sys.argv=['sercli','--help']\ntry: app()\nexcept SystemExit: pass\nprint('tensorflow' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    assert result.stdout.strip().endswith("False")
+    assert "annotate" in result.stdout
+    assert sercli("--version").stdout.startswith("sercli ")

@@ -1,0 +1,113 @@
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sercli import EMOTIONS
+from sercli.features import signal_windows
+from sercli.model import ModelCard, ModelError, card_path, load_classifier
+
+
+@pytest.fixture(scope="module")
+def speech_windows(utterances):
+    import soxr
+    from conftest import ESPEAK_RATE
+
+    return signal_windows(soxr.resample(np.concatenate(utterances), ESPEAK_RATE, 16000))
+
+
+def test_litert_export_matches_keras(random_model, speech_windows):
+    keras_probabilities = load_classifier(random_model).predict_proba(speech_windows)
+    litert_probabilities = load_classifier(random_model.with_suffix(".tflite")).predict_proba(speech_windows)
+    assert keras_probabilities.shape == litert_probabilities.shape == (len(speech_windows), len(EMOTIONS))
+    np.testing.assert_allclose(litert_probabilities, keras_probabilities, atol=2e-3)
+    card = ModelCard.read(card_path(random_model))
+    assert card.exports["litert"]["max_abs_difference_from_keras"] < 2e-3
+
+
+def test_litert_pads_a_short_last_batch(random_model, speech_windows):
+    classifier = load_classifier(random_model.with_suffix(".tflite"))
+    some = speech_windows[:3]
+    np.testing.assert_allclose(
+        classifier.predict_proba(some), classifier.predict_proba(np.concatenate([some] * 30))[:3], atol=1e-6
+    )
+    assert classifier.predict_proba(speech_windows[:0]).shape == (0, len(EMOTIONS))
+
+
+def copy_model(random_model, folder):
+    for suffix in (".keras", ".tflite", ".json"):
+        shutil.copy(random_model.with_suffix(suffix), folder / f"m{suffix}")
+    return folder / "m.keras"
+
+
+def edit_card(path, **changes):
+    card = json.loads(card_path(path).read_text())
+    for key, value in changes.items():
+        card[key] = value
+    card_path(path).write_text(json.dumps(card))
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".tflite"])
+def test_model_whose_card_does_not_match_is_refused(random_model, tmp_path, suffix):
+    path = copy_model(random_model, tmp_path)
+    card = json.loads(card_path(path).read_text())
+    edit_card(path, features={**card["features"], "window_frames": 50})
+    with pytest.raises(ModelError, match="card describes"):
+        load_classifier(path.with_suffix(suffix))
+
+
+def test_card_with_other_labels_is_refused(random_model, tmp_path):
+    path = copy_model(random_model, tmp_path)
+    edit_card(path, labels=["happy", "sad"])
+    with pytest.raises(ModelError, match="labels"):
+        load_classifier(path)
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".tflite"])
+def test_file_that_is_not_a_model_is_refused(random_model, tmp_path, suffix):
+    path = copy_model(random_model, tmp_path).with_suffix(suffix)
+    path.write_text("this is not a model")
+    with pytest.raises(ModelError, match="is not a"):
+        load_classifier(path)
+
+
+def test_missing_card_is_refused(random_model, tmp_path):
+    path = copy_model(random_model, tmp_path)
+    card_path(path).unlink()
+    with pytest.raises(ModelError, match="card .* not found"):
+        load_classifier(path)
+
+
+def test_backends_give_the_same_rows(random_model, tmp_path, utterances):
+    import soundfile as sf
+    from conftest import ESPEAK_RATE, speech_with_silences
+
+    signal, _ = speech_with_silences(utterances)
+    sf.write(tmp_path / "speech.wav", signal, ESPEAK_RATE)
+    tables = []
+    for suffix in (".keras", ".tflite"):
+        out = tmp_path / f"out{suffix}.csv"
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "sercli",
+                "annotate",
+                tmp_path / "speech.wav",
+                "-o",
+                out,
+                "-m",
+                random_model.with_suffix(suffix),
+            ],
+            check=True,
+            capture_output=True,
+        )
+        tables.append(pd.read_csv(out))
+    keras_rows, litert_rows = tables
+    pd.testing.assert_frame_equal(keras_rows.iloc[:, :4], litert_rows.iloc[:, :4])
+    probabilities = [f"prob_{e}" for e in EMOTIONS]
+    np.testing.assert_allclose(keras_rows[probabilities], litert_rows[probabilities], atol=2e-3)

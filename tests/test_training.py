@@ -1,0 +1,135 @@
+"""train and evaluate on a small synthetic RAVDESS-named corpus."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+import soxr
+from conftest import ESPEAK_RATE, speak
+
+from sercli import EMOTIONS
+from sercli.datasets import actor_folds, find_ravdess_clips, parse_ravdess_name
+from sercli.evaluation import classification_metrics
+from sercli.model import ModelCard, card_path
+
+
+def test_ravdess_names_are_parsed():
+    clip = parse_ravdess_name("Actor_07/03-01-05-02-01-02-07.wav")
+    assert (clip.label, clip.intensity, clip.statement, clip.repetition, clip.actor) == ("angry", 2, 1, 2, 7)
+    for bad in ("03-02-05-02-01-02-07.wav", "03-01-09-01-01-01-01.wav", "hello.wav"):
+        with pytest.raises(ValueError):
+            parse_ravdess_name(bad)
+
+
+def test_folds_hold_out_whole_actors_balanced_by_sex():
+    folds = actor_folds(list(range(1, 21)), 5)
+    assert sorted(a for fold in folds for a in fold) == list(range(1, 21))
+    assert all(sum(a % 2 for a in fold) == 2 for fold in folds)
+
+
+def test_metrics_on_known_predictions():
+    true = np.array([0, 0, 1, 1, 1, 1, 2, 2])
+    predicted = np.array([0, 1, 1, 1, 1, 0, 2, 0])
+    metrics = classification_metrics(true, predicted, n_classes=len(EMOTIONS))
+    assert metrics["accuracy"] == pytest.approx(5 / 8)
+    assert metrics["unweighted_accuracy"] == pytest.approx((0.5 + 0.75 + 0.5) / 3)
+    assert metrics["per_class_recall"]["calm"] == pytest.approx(0.75)
+    assert metrics["per_class_recall"]["sad"] is None
+    assert metrics["confusion"][1][:3] == [1, 3, 0]
+
+
+@pytest.fixture(scope="module")
+def ravdess(tmp_path_factory):
+    """4 actors x 8 emotions of espeak speech: actors 1-2 as 48 kHz WAV, 3-4 as 16 kHz FLAC."""
+    root = tmp_path_factory.mktemp("ravdess")
+    voices = {1: "en-us", 2: "en-gb", 3: "en-us", 4: "en-gb"}
+    for actor, voice in voices.items():
+        folder = root / f"Actor_{actor:02d}"
+        folder.mkdir()
+        for emotion in range(1, 9):
+            speed = 100 + 15 * emotion
+            signal = speak("Kids are talking by the door.", root / "tmp.wav", voice=voice, speed=speed)
+            name = f"03-01-{emotion:02d}-01-01-01-{actor:02d}"
+            if actor <= 2:
+                sf.write(folder / f"{name}.wav", soxr.resample(signal, ESPEAK_RATE, 48000), 48000, subtype="PCM_16")
+            else:
+                sf.write(folder / f"{name}.flac", soxr.resample(signal, ESPEAK_RATE, 16000), 16000)
+    (root / "tmp.wav").unlink()
+    return root
+
+
+def test_both_wav_and_flac_clips_are_found(ravdess):
+    clips = find_ravdess_clips(ravdess)
+    assert len(clips) == 32
+    assert {c.path.suffix for c in clips} == {".wav", ".flac"}
+
+
+def run(*args, code=0):
+    result = subprocess.run(
+        [sys.executable, "-m", "sercli", *map(str, args)], check=False, capture_output=True, text=True
+    )
+    assert result.returncode == code, result.stderr
+    return result
+
+
+def test_train_cross_validates_by_actor_and_writes_model_and_card(ravdess, tmp_path):
+    out = tmp_path / "tiny.keras"
+    result = run("train", ravdess, "-o", out, "--cv-folds", "2", "--epochs", "1", "--batch-size", "16")
+    assert "fold 2/2" in result.stderr and "epoch 1/1" in result.stderr
+    assert out.exists() and out.with_suffix(".tflite").exists()
+    card = ModelCard.read(card_path(out))
+    folds = card.metrics["cross_validation"]["folds"]
+    assert [fold["test_actors"] for fold in folds] == [[1, 3], [2, 4]]
+    for fold in folds:
+        assert not set(fold["validation_actors"]) & set(fold["test_actors"])
+        assert fold["metrics"]["n"] == 16
+    assert card.metrics["cross_validation"]["pooled"]["n"] == 32
+    assert card.training["training_actors"] == [1, 2, 3, 4]
+    assert card.training["clips"] == 32 and len(card.training["data_sha256"]) == 64
+    assert card.training["versions"]["tensorflow"]
+    assert not list(tmp_path.glob("*.cv.json"))  # the fold checkpoint is removed once the model is saved
+
+
+def test_train_with_validation_actors_reports_their_metrics(ravdess, tmp_path):
+    out = tmp_path / "val.keras"
+    run("train", ravdess, "-o", out, "--cv-folds", "0", "--epochs", "1", "--val-actors", "4")
+    card = ModelCard.read(card_path(out))
+    assert card.training["training_actors"] == [1, 2, 3]
+    assert card.training["validation_actors"] == [4]
+    assert card.metrics["validation"]["n"] == 8
+
+
+def test_evaluate_reports_known_answers(ravdess, tmp_path):
+    """A model that always answers 'angry': accuracy 1/8, UA 1/8, recall 1 for angry only."""
+    import keras
+
+    from sercli.features import FeatureConfig, signal_windows
+    from sercli.model import save_model
+
+    config = FeatureConfig()
+    inputs = keras.Input((config.window_frames, config.n_mfcc, 1))
+    bias = np.where(np.array(EMOTIONS) == "angry", 10.0, 0.0)
+    dense = keras.layers.Dense(
+        8, activation="softmax", kernel_initializer="zeros", bias_initializer=keras.initializers.Constant(bias)
+    )
+    model = keras.Model(inputs, dense(keras.layers.Flatten()(inputs)))
+    card = ModelCard(name="angry", version="test", labels=list(EMOTIONS), features=config.to_dict())
+    path = tmp_path / "angry.keras"
+    save_model(model, path, card, signal_windows(np.random.default_rng(0).normal(0, 0.1, 32000).astype(np.float32)))
+    plot = tmp_path / "cm.png"
+    result = run("evaluate", ravdess, "--model", path, "--json", "--plot", plot)
+    metrics = json.loads(result.stdout)
+    assert metrics["n"] == 32
+    assert metrics["accuracy"] == pytest.approx(1 / 8)
+    assert metrics["unweighted_accuracy"] == pytest.approx(1 / 8)
+    assert metrics["per_class_recall"]["angry"] == 1.0 and metrics["per_class_recall"]["sad"] == 0.0
+    assert [row[EMOTIONS.index("angry")] for row in metrics["confusion"]] == [4] * 8
+    assert plot.stat().st_size > 1000
+
+
+def test_train_refuses_a_folder_without_ravdess_clips(tmp_path):
+    result = run("train", tmp_path, "-o", tmp_path / "m.keras", code=1)
+    assert "no RAVDESS speech clips" in result.stderr
