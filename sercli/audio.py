@@ -75,11 +75,15 @@ def audio_info(path: str | Path) -> AudioInfo:
 def to_mono(block: np.ndarray) -> np.ndarray:
     """Mix a ``(frames, channels)`` block down to a clean ``(frames,)`` float32 signal.
 
-    NaN becomes 0, +/-Inf and out-of-range samples are clipped to [-1, 1].
+    NaN becomes 0, +/-Inf and out-of-range samples are clipped to [-1, 1], then
+    the block's DC offset (its mean) is removed, so the result lies in [-2, 2].
     """
     mono = block.mean(axis=1, dtype=np.float32) if block.ndim == 2 else block.astype(np.float32)
     np.nan_to_num(mono, copy=False, nan=0.0, posinf=1.0, neginf=-1.0)
-    return np.clip(mono, -1.0, 1.0, out=mono)
+    np.clip(mono, -1.0, 1.0, out=mono)
+    if len(mono):
+        mono -= mono.mean(dtype=np.float64)
+    return mono
 
 
 def iter_audio(path: str | Path, sample_rate: int = 16000, block_frames: int = BLOCK_FRAMES) -> Iterator[np.ndarray]:
@@ -133,5 +137,7 @@ def _cause(error: Exception) -> str:
     if isinstance(error, FileNotFoundError):
         return "file not found (deleted while being read?)"
     message = str(error).splitlines()[0] if str(error) else type(error).__name__
-    # libsndfile prefixes its messages with "Error opening 'path': "; the caller names the file.
-    return message.split(": ", 1)[-1] if message.startswith("Error opening") else message
+    # libsndfile prefixes its messages with "Error opening 'path': " or "Error : "; the caller names the file.
+    message = message.split(": ", 1)[-1] if message.startswith(("Error opening", "Error : ")) else message
+    # Some garbage headers make libsndfile claim a regular, existing file does not exist.
+    return "Format not recognised." if message.startswith("File does not exist") else message

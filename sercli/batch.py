@@ -48,10 +48,14 @@ class ResultsFile:
     checkpoint_s : float
         Minimum seconds between rewrites; the interval also grows to ten times
         the last rewrite's duration so that rewriting never costs over 10 %.
+
+    Temporary files left beside ``path`` by a killed run are removed.
     """
 
     def __init__(self, path: Path, metadata: dict, resume: bool, checkpoint_s: float = 10.0):
         self.path, self.metadata, self.checkpoint_s = path, metadata, checkpoint_s
+        for stale in path.parent.glob(f".{path.name}.*.partial"):
+            stale.unlink(missing_ok=True)
         self.frames = [read_results(path)] if resume and path.exists() else []
         self.done = set(self.frames[0]["path"]) if self.frames else set()
         self.last_save, self.save_cost = time.monotonic(), 0.0

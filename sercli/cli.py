@@ -75,6 +75,9 @@ def annotate(
     max_segment: Annotated[float, typer.Option(help="Split longer segments into equal parts (s).")] = 10.0,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
     resume: Annotated[bool, typer.Option(help="Keep an existing output's rows and annotate only the rest.")] = False,
+    checkpoint_every: Annotated[
+        float, typer.Option(help="Seconds between atomic rewrites of the output file (the most work a crash loses).")
+    ] = 10.0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
 ) -> None:
     """Annotate recordings: one row per speech segment with its emotion probabilities."""
@@ -107,7 +110,11 @@ def annotate(
         "inputs": [str(p) for p in inputs],
     }
     try:
-        sink = CsvStream(sys.stdout) if to_stdout else ResultsFile(out_path, metadata, resume=resume)
+        sink = (
+            CsvStream(sys.stdout)
+            if to_stdout
+            else ResultsFile(out_path, metadata, resume=resume, checkpoint_s=checkpoint_every)
+        )
     except ValueError as error:
         raise fail(f"cannot resume: {error}") from None
     failures = []

@@ -86,7 +86,7 @@ def speech_flags(signal: np.ndarray, sample_rate: int, aggressiveness: int, fram
     Parameters
     ----------
     signal : np.ndarray, shape (n,)
-        Mono float signal in [-1, 1].
+        Mono float signal, full scale 1 (clipped to [-1, 1] for the VAD).
     sample_rate : int
         8000, 16000, 32000 or 48000 Hz.
     aggressiveness : int
@@ -102,7 +102,7 @@ def speech_flags(signal: np.ndarray, sample_rate: int, aggressiveness: int, fram
     if sample_rate not in VAD_SAMPLE_RATES:
         raise ValueError(f"webrtcvad needs 8, 16, 32 or 48 kHz audio, not {sample_rate} Hz")
     frame_samples = sample_rate * frame_ms // 1000
-    pcm = (signal * 32767).astype("<i2").tobytes()
+    pcm = np.clip(signal * 32767, -32768, 32767).astype("<i2").tobytes()
     step = 2 * frame_samples
     vad = webrtcvad.Vad(aggressiveness)
     return np.fromiter(

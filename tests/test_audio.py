@@ -40,6 +40,7 @@ def test_every_format_rate_and_channel_count_becomes_16k_mono(tmp_path, suffix, 
     assert len(signal) == pytest.approx(32000, abs=1200)  # mp3/ogg add encoder padding
     assert peak_hz(signal) == pytest.approx(440, abs=2)
     assert np.abs(signal).max() == pytest.approx(0.5, abs=0.08)
+    assert abs(signal.mean()) < 0.01
 
 
 def test_long_file_streams_in_blocks_that_add_up_to_the_whole(tmp_path):
@@ -54,7 +55,13 @@ def test_long_file_streams_in_blocks_that_add_up_to_the_whole(tmp_path):
 
 def test_nan_inf_and_out_of_range_samples_are_cleaned():
     block = np.array([[np.nan, 0.0], [np.inf, np.inf], [-np.inf, 0.0], [3.0, 3.0], [0.2, 0.4]], np.float32)
-    np.testing.assert_allclose(to_mono(block), [0.0, 1.0, -1.0, 1.0, 0.3], atol=1e-6)
+    clean = np.array([0.0, 1.0, -1.0, 1.0, 0.3])
+    np.testing.assert_allclose(to_mono(block), clean - clean.mean(), atol=1e-6)
+
+
+def test_dc_offset_is_removed():
+    block = (0.4 + 0.1 * np.sin(np.arange(1000) / 5))[:, None].astype(np.float32)
+    assert abs(to_mono(block).mean()) < 1e-6
 
 
 def test_header_reports_duration(tmp_path):

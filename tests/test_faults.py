@@ -1,0 +1,223 @@
+"""Fault injection: bad, odd and hostile inputs in one batch, interruption and resume."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+import soxr
+from conftest import ESPEAK_RATE, speech_with_silences
+
+from sercli.batch import CsvStream, annotate_into
+from sercli.model import load_classifier
+from sercli.vad import VadConfig
+from sercli.writers import read_results
+
+ROOT = os.geteuid() == 0
+
+
+def sercli(*args, code=0, **kwargs):
+    result = subprocess.run(
+        [sys.executable, "-m", "sercli", *map(str, args)], check=False, capture_output=True, text=True, **kwargs
+    )
+    assert result.returncode == code, result.stderr
+    return result
+
+
+@pytest.fixture(scope="module")
+def speech(utterances) -> np.ndarray:
+    signal, _ = speech_with_silences(utterances, silence_s=1.0)
+    return signal  # 22.05 kHz, three utterances
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory, speech):
+    """A folder of every kind of bad and odd input; returns (folder, expected outcome per file)."""
+    folder = tmp_path_factory.mktemp("hostile")
+    at = lambda rate: soxr.resample(speech, ESPEAK_RATE, rate)
+    expect = {}  # name -> number of speech segments, or the error text expected
+
+    (folder / "empty.wav").write_bytes(b"")
+    expect["empty.wav"] = "Format not recognised"
+    sf.write(folder / "zero_length.wav", np.zeros(0, np.float32), 16000)
+    expect["zero_length.wav"] = "zero-length audio"
+    sf.write(folder / "full.wav", at(16000), 16000)
+    data = (folder / "full.wav").read_bytes()
+    (folder / "header_only.wav").write_bytes(data[:44])
+    expect["header_only.wav"] = "zero-length audio"
+    (folder / "truncated.wav").write_bytes(data[: len(data) // 2])
+    expect["truncated.wav"] = 2  # what is there is annotated: the first utterance and part of the second
+    sf.write(folder / "full.flac", at(16000), 16000)
+    flac = (folder / "full.flac").read_bytes()
+    (folder / "truncated.flac").write_bytes(flac[: len(flac) // 2])
+    expect["truncated.flac"] = "flac decoder lost sync"
+    (folder / "full.flac").unlink()
+    (folder / "random.wav").write_bytes(np.random.default_rng(1).bytes(20000))
+    expect["random.wav"] = "Format not recognised"
+    (folder / "text.wav").write_text("this is a text file\n" * 100)
+    expect["text.wav"] = "Format not recognised"
+    (folder / "folder.wav").mkdir()  # a directory named like audio is walked like any folder
+    sf.write(folder / "unreadable.wav", at(16000), 16000)
+    os.chmod(folder / "unreadable.wav", 0)
+    expect["unreadable.wav"] = 3 if ROOT else "permission denied"
+    (folder / "broken_link.wav").symlink_to(folder / "missing.wav")
+    expect["broken_link.wav"] = "broken symbolic link"
+    (folder / "loop").mkdir()
+    (folder / "loop" / "back").symlink_to(folder, target_is_directory=True)
+    for rate in (8000, 11025, 44100, 96000, 192000):
+        sf.write(folder / f"rate_{rate}.wav", at(rate), rate)
+        expect[f"rate_{rate}.wav"] = 3
+    sf.write(folder / "pcm_u8.wav", at(16000), 16000, subtype="PCM_U8")
+    sf.write(folder / "pcm_24.wav", at(48000), 48000, subtype="PCM_24")
+    expect["pcm_u8.wav"] = expect["pcm_24.wav"] = 3
+    poisoned = at(16000).copy()
+    poisoned[1000:1100], poisoned[5000], poisoned[9000] = np.nan, np.inf, -np.inf
+    sf.write(folder / "float_nan_inf.wav", poisoned, 16000, subtype="FLOAT")
+    expect["float_nan_inf.wav"] = 3
+    sf.write(folder / "clipped.wav", np.clip(at(16000) * 30, -1, 1), 16000)
+    sf.write(folder / "dc_offset.wav", np.clip(0.5 * at(16000) + 0.4, -1, 1), 16000, subtype="FLOAT")
+    expect["clipped.wav"] = expect["dc_offset.wav"] = 3
+    sf.write(folder / "silence.wav", np.zeros(16000 * 4, np.float32), 16000)
+    expect["silence.wav"] = 0
+    sf.write(folder / "noise.wav", np.random.default_rng(2).normal(0, 0.01, 16000 * 4), 16000)
+    expect["noise.wav"] = None  # any number of segments, but a row and no error
+    short = at(16000)[int(0.5 * 16000) : int(0.9 * 16000)]
+    sf.write(folder / "short.wav", short, 16000)
+    expect["short.wav"] = 1
+    sf.write(folder / "six_channels.wav", np.repeat(at(48000)[:, None], 6, axis=1), 48000)
+    expect["six_channels.wav"] = 3
+    sf.write(folder / "ünïcødé name with spaces.wav", at(16000), 16000)
+    expect["ünïcødé name with spaces.wav"] = 3
+    shutil.copy(folder / "full.wav", folder / "duplicate.wav")
+    expect["full.wav"] = expect["duplicate.wav"] = 3
+    yield folder, expect
+    os.chmod(folder / "unreadable.wav", 0o644)
+
+
+@pytest.fixture(scope="module")
+def hostile_run(hostile, random_model, tmp_path_factory):
+    folder, _ = hostile
+    out = tmp_path_factory.mktemp("out") / "results.csv"
+    result = sercli("annotate", folder, "-o", out, "--model", random_model.with_suffix(".tflite"), code=3)
+    errors = pd.read_csv(out.with_name("results.csv.errors.csv"))
+    return read_results(out), errors, result.stderr
+
+
+def test_every_file_is_either_annotated_or_reported_with_its_cause(hostile, hostile_run):
+    folder, expect = hostile
+    table, errors, stderr = hostile_run
+    rows = table["path"].map(lambda p: os.path.relpath(p, folder))
+    failed = dict(zip(errors["path"].map(lambda p: os.path.relpath(p, folder)), errors["error"]))
+    assert set(rows) | set(failed) == set(expect), "each file appears exactly once, in one place"
+    assert not set(rows) & set(failed)
+    for name, outcome in expect.items():
+        if isinstance(outcome, str):
+            assert outcome.lower() in failed[name].lower(), name
+            assert f"{folder / name}: " in stderr
+            assert "\n" not in failed[name]
+        elif outcome == 0:
+            (row,) = table[rows == name].itertuples()
+            assert row.segment == 0 and pd.isna(row.label)
+        elif outcome is not None:
+            assert (rows == name).sum() == outcome, name
+            assert table[rows == name]["label"].notna().all(), name
+
+
+def test_symlink_loop_is_walked_once(hostile_run):
+    table, errors, _ = hostile_run
+    assert not any("/loop/" in p for p in list(table["path"]) + list(errors["path"]))
+
+
+def test_duplicate_contents_give_identical_rows(hostile, hostile_run):
+    folder, _ = hostile
+    table, _, _ = hostile_run
+    first = table[table["path"] == str(folder / "full.wav")].drop(columns="path").reset_index(drop=True)
+    second = table[table["path"] == str(folder / "duplicate.wav")].drop(columns="path").reset_index(drop=True)
+    pd.testing.assert_frame_equal(first, second)
+
+
+def test_unicode_and_spaces_in_paths_survive_csv(hostile, hostile_run):
+    folder, _ = hostile
+    table, _, _ = hostile_run
+    assert str(folder / "ünïcødé name with spaces.wav") in set(table["path"])
+
+
+def test_a_file_deleted_mid_run_is_reported_and_the_rest_annotated(random_model, tmp_path, speech):
+    paths = []
+    for name in ("a.wav", "b.wav", "c.wav"):
+        sf.write(tmp_path / name, speech, ESPEAK_RATE)
+        paths.append(tmp_path / name)
+    outcomes = []
+
+    def delete_next(outcome):
+        outcomes.append(outcome)
+        if outcome.path.name == "a.wav":
+            (tmp_path / "b.wav").unlink()
+
+    with open(tmp_path / "out.csv", "w") as handle:
+        sink = CsvStream(handle)
+        annotate_into(paths, load_classifier(random_model.with_suffix(".tflite")), VadConfig(), sink, delete_next)
+    assert [(o.path.name, o.error) for o in outcomes] == [("a.wav", None), ("b.wav", "file not found"), ("c.wav", None)]
+    assert set(pd.read_csv(tmp_path / "out.csv")["path"]) == {str(paths[0]), str(paths[2])}
+
+
+@pytest.fixture(scope="module")
+def many(tmp_path_factory, speech):
+    folder = tmp_path_factory.mktemp("many")
+    for i in range(40):
+        sf.write(folder / f"rec_{i:02d}.wav", speech, ESPEAK_RATE)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def complete(many, random_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("complete") / "results.csv"
+    sercli("annotate", many, "-o", out, "--model", random_model.with_suffix(".tflite"))
+    return read_results(out)
+
+
+@pytest.mark.parametrize(("stop", "code"), [(signal.SIGKILL, -9), (signal.SIGINT, 130)])
+def test_interrupted_run_keeps_whole_files_and_resume_completes_without_duplicates(
+    many, random_model, complete, tmp_path, stop, code
+):
+    out = tmp_path / "results.csv"
+    command = [sys.executable, "-m", "sercli", "annotate", many, "-o", out, "-m", random_model.with_suffix(".tflite")]
+    process = subprocess.Popen([*map(str, command), "--checkpoint-every", "0"], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not (out.exists() and len(read_results(out)) >= 9) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(stop)
+    assert process.wait(30) == code
+    partial = read_results(out)  # always a valid table
+    done = set(partial["path"])
+    assert 3 <= len(done) < 40, "stopped mid-run"
+    assert len(partial) == 3 * len(done), "only whole files, no duplicates"
+    assert not list(tmp_path.glob(".*.partial")) or stop == signal.SIGKILL
+    sercli(*command[3:], "--resume")
+    resumed = read_results(out)
+    pd.testing.assert_frame_equal(resumed, complete)
+    assert not list(tmp_path.glob(".*.partial")), "stale temporary files are cleaned up"
+
+
+def test_output_inside_the_input_folder_is_not_taken_as_input(many, random_model, complete):
+    out = many / "results.csv"
+    try:
+        sercli("annotate", many, "-o", out, "--model", random_model.with_suffix(".tflite"))
+        sercli("annotate", many, "-o", out, "--model", random_model.with_suffix(".tflite"), "--resume")
+        assert set(read_results(out)["path"]) == set(complete["path"])
+    finally:
+        out.unlink(missing_ok=True)
+
+
+def test_resume_refuses_an_output_that_is_not_a_results_table(many, random_model, tmp_path):
+    out = tmp_path / "results.csv"
+    out.write_text("a,b\n1,2\n")
+    result = sercli("annotate", many, "-o", out, "-m", random_model.with_suffix(".tflite"), "--resume", code=1)
+    assert "cannot resume" in result.stderr and "missing columns" in result.stderr
+    assert out.read_text() == "a,b\n1,2\n"
