@@ -78,6 +78,14 @@ def annotate(
     checkpoint_every: Annotated[
         float, typer.Option(help="Seconds between atomic rewrites of the output file (the most work a crash loses).")
     ] = 10.0,
+    workers: Annotated[int, typer.Option(help="Processes annotating files in parallel.", min=1)] = 1,
+    dask: Annotated[
+        str | None,
+        typer.Option(
+            help="Run on a Dask cluster: a scheduler address (tcp://host:8786) or 'local' "
+            "(--workers processes here); -o then names a Parquet dataset folder."
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
 ) -> None:
     """Annotate recordings: one row per speech segment with its emotion probabilities."""
@@ -85,17 +93,20 @@ def annotate(
     from sercli.files import find_audio_files
     from sercli.model import ModelError, bundled_model_path, load_classifier
     from sercli.vad import VadConfig
-    from sercli.writers import table_format
+    from sercli.writers import TABLE_SUFFIXES, table_format
 
     try:
         vad = VadConfig(aggressiveness, 30, min_speech, min_silence, padding, max_segment)
-        table_format(output)
+        if dask is None:
+            table_format(output)
+        elif output == "-" or Path(output).suffix.lower() in TABLE_SUFFIXES:
+            raise ValueError("with --dask, -o names the folder of the partitioned Parquet dataset")
         paths = find_audio_files(inputs, include, exclude)
     except (ValueError, FileNotFoundError) as error:
         raise fail(str(error)) from None
-    to_stdout = output == "-"
-    out_path = None if to_stdout else Path(output)
-    if out_path is not None and out_path.exists() and not (overwrite or resume):
+    out_path = None if output == "-" else Path(output)
+    exists = out_path is not None and (any(out_path.glob("part-*.parquet")) if dask else out_path.exists())
+    if exists and not (overwrite or resume):
         raise fail(f"{output} exists: pass --overwrite to replace it or --resume to complete it")
     try:
         classifier = load_classifier(model or bundled_model_path())
@@ -109,16 +120,7 @@ def annotate(
         "features": card.features,
         "inputs": [str(p) for p in inputs],
     }
-    try:
-        sink = (
-            CsvStream(sys.stdout)
-            if to_stdout
-            else ResultsFile(out_path, metadata, resume=resume, checkpoint_s=checkpoint_every)
-        )
-    except ValueError as error:
-        raise fail(f"cannot resume: {error}") from None
     failures = []
-    progress = AnnotationProgress(len(paths) - len(sink.done), quiet)
 
     def on_outcome(outcome) -> None:
         if outcome.error is not None:
@@ -126,22 +128,72 @@ def annotate(
             progress.console.print(f"[yellow]skipped[/] {outcome.path}: {outcome.error}", soft_wrap=True)
         progress.advance(outcome.audio_s)
 
+    if dask is not None:
+        from sercli.distributed import annotate_on_dask
+
+        if overwrite and not resume:
+            for part in out_path.glob("part-*.parquet"):
+                part.unlink()
+        progress = AnnotationProgress(len(paths), quiet)
+        errors_file = out_path / "errors.csv"
+
+        def run() -> None:
+            with _dask_client(dask, workers) as client:
+                annotate_on_dask(
+                    client,
+                    paths,
+                    classifier.path.resolve(),
+                    vad,
+                    out_path,
+                    metadata,
+                    resume,
+                    on_part=lambda outcomes: [on_outcome(o) for o in outcomes],
+                )
+
+        def save() -> None:
+            """Each part was saved by its worker."""
+    else:
+        try:
+            sink = (
+                CsvStream(sys.stdout)
+                if out_path is None
+                else ResultsFile(out_path, metadata, resume=resume, checkpoint_s=checkpoint_every)
+            )
+        except ValueError as error:
+            raise fail(f"cannot resume: {error}") from None
+        progress = AnnotationProgress(len(paths) - len(sink.done), quiet)
+        errors_file = None if out_path is None else errors_path(out_path)
+
+        def run() -> None:
+            annotate_into(paths, classifier, vad, sink, on_outcome, workers)
+
+        save = sink.save
+
     interrupted = False
     with progress:
         try:
-            annotate_into(paths, classifier, vad, sink, on_outcome)
+            run()
         except KeyboardInterrupt:
             interrupted = True
         finally:
-            sink.save()
-            if out_path is not None:
-                write_errors(failures, errors_path(out_path))
+            save()
+            if errors_file is not None:
+                write_errors(failures, errors_file)
     if not quiet:
-        console.print(progress.summary(failures, out_path))
+        console.print(progress.summary(failures, out_path, errors_file))
     if interrupted:
         raise fail("interrupted; the recordings finished so far are saved (use --resume to go on)", EXIT_INTERRUPTED)
     if failures:
         raise typer.Exit(EXIT_PARTIAL)
+
+
+def _dask_client(address: str, workers: int):
+    """A Dask client: of a local cluster of ``workers`` single-threaded processes, or of the scheduler at ``address``."""
+    from distributed import Client
+
+    if address == "local":  # the client starts the cluster and stops it when closed
+        return Client(n_workers=workers, threads_per_worker=1, dashboard_address=None)
+    return Client(address)
 
 
 class AnnotationProgress:
@@ -180,7 +232,7 @@ class AnnotationProgress:
     def speed(self) -> float:
         return self.audio_s / max(time.monotonic() - self.started, 1e-9)
 
-    def summary(self, failures: list, out_path: Path | None) -> str:
+    def summary(self, failures: list, out_path: Path | None, errors_file: Path | None) -> str:
         text = (
             f"annotated {self.files - len(failures)} of {self.files} files, "
             f"{self.audio_s / 3600:.2f} h of audio at {self.speed:.0f}x real time"
@@ -189,10 +241,8 @@ class AnnotationProgress:
             text += f" -> {out_path}"
         if failures:
             text += f"; [yellow]{len(failures)} failed[/]"
-            if out_path is not None:
-                from sercli.batch import errors_path
-
-                text += f" (listed in {errors_path(out_path)})"
+            if errors_file is not None:
+                text += f" (listed in {errors_file})"
         return text
 
 

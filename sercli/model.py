@@ -26,8 +26,8 @@ from sercli.features import FeatureConfig
 BUNDLED_MODEL_NAME = "sercli-cnn-bilstm"
 PREDICT_BATCH = 256
 """Windows per inference call."""
-LITERT_BATCH = 64
-"""Fixed batch size of LiteRT exports."""
+LITERT_BATCH = 8
+"""Fixed batch size of LiteRT exports: small, so that short recordings waste little on padding."""
 
 
 class ModelError(Exception):
@@ -168,6 +168,7 @@ class Classifier(Protocol):
     """Anything that turns MFCC windows into emotion probabilities."""
 
     card: ModelCard
+    path: Path
 
     def predict_proba(self, windows: np.ndarray) -> np.ndarray:
         """Probabilities ``(n_windows, n_labels)`` for windows ``(n_windows, frames, coeffs)``."""
@@ -183,7 +184,7 @@ class LiteRTClassifier:
     def __init__(self, path: Path, card: ModelCard, threads: int | None = None):
         from ai_edge_litert.interpreter import Interpreter
 
-        self.card = card
+        self.card, self.path = card, path
         with quiet_native_output():
             self.interpreter = Interpreter(model_path=str(path), num_threads=threads or os.cpu_count() or 1)
             self.interpreter.allocate_tensors()
@@ -207,11 +208,10 @@ class LiteRTClassifier:
 class KerasClassifier:
     """Runs a ``.keras`` model with TensorFlow, in fixed-size batches through one traced graph."""
 
-    def __init__(self, model, card: ModelCard):
+    def __init__(self, model, card: ModelCard, path: Path):
         import tensorflow as tf
 
-        self.card = card
-        self.model = model
+        self.card, self.model, self.path = card, model, path
         config = card.feature_config
         signature = tf.TensorSpec((None, config.window_frames, config.n_mfcc, 1), tf.float32)
         self._forward = tf.function(lambda x: model(x, training=False), input_signature=[signature])
@@ -222,8 +222,10 @@ class KerasClassifier:
         return np.concatenate(batches) if batches else np.zeros((0, len(self.card.labels)), np.float32)
 
 
-def load_classifier(model_path: str | Path) -> Classifier:
+def load_classifier(model_path: str | Path, threads: int | None = None) -> Classifier:
     """Load a model (``.keras`` with TensorFlow, ``.tflite`` with LiteRT) and its card.
+
+    ``threads`` caps LiteRT's inference threads (default: all cores).
 
     Raises
     ------
@@ -239,7 +241,7 @@ def load_classifier(model_path: str | Path) -> Classifier:
     expected_in, expected_out = (config.window_frames, config.n_mfcc, 1), len(card.labels)
     if model_path.suffix == ".tflite":
         try:
-            classifier = LiteRTClassifier(model_path, card)
+            classifier = LiteRTClassifier(model_path, card, threads)
         except (ValueError, RuntimeError) as error:
             raise ModelError(f"{model_path} is not a LiteRT model: {str(error).splitlines()[0]}") from None
         shape_in, shape_out = tuple(classifier.input["shape"][1:]), tuple(classifier.output["shape"][1:])
@@ -251,7 +253,7 @@ def load_classifier(model_path: str | Path) -> Classifier:
                 model = keras.models.load_model(model_path, compile=False)
             except Exception as error:  # noqa: BLE001 - keras raises many types for a file that is not a model
                 raise ModelError(f"{model_path} is not a Keras model: {str(error).splitlines()[0]}") from None
-            classifier = KerasClassifier(model, card)
+            classifier = KerasClassifier(model, card, model_path)
         shape_in, shape_out = tuple(model.input_shape[1:]), tuple(model.output_shape[1:])
     if shape_in != expected_in or shape_out != (expected_out,):
         raise ModelError(

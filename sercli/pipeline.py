@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import multiprocessing
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +13,7 @@ import numpy as np
 
 from sercli.audio import AudioError, audio_info, iter_audio
 from sercli.features import FeatureConfig, signal_windows
-from sercli.model import PREDICT_BATCH, Classifier
+from sercli.model import PREDICT_BATCH, Classifier, load_classifier
 from sercli.vad import SpeechSegment, VadConfig, stream_speech
 
 
@@ -131,13 +133,42 @@ class FileOutcome:
     audio_s: float = 0.0
 
 
-def annotate_files(paths: list[Path], classifier: Classifier, vad: VadConfig) -> Iterator[FileOutcome]:
-    """Annotate recordings one after another; a failing file yields an error, never stops the batch."""
-    for path in paths:
-        try:
-            duration_s = audio_info(path).duration_s
-            yield FileOutcome(path, annotate_file(path, classifier, vad), audio_s=duration_s)
-        except AudioError as error:
-            yield FileOutcome(path, [], str(error))
-        except (OSError, ValueError, MemoryError) as error:
-            yield FileOutcome(path, [], f"{type(error).__name__}: {error}")
+def annotate_files(
+    paths: list[Path], classifier: Classifier, vad: VadConfig, workers: int = 1
+) -> Iterator[FileOutcome]:
+    """Annotate recordings in order; a failing file yields an error, never stops the batch.
+
+    With ``workers`` > 1, that many processes each load the model (one inference
+    thread each) and annotate whole recordings, decoding and inference of
+    different files overlapping; outcomes still come in the order of ``paths``.
+    """
+    if workers <= 1:
+        yield from (annotate_or_report(path, classifier, vad) for path in paths)
+        return
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(workers, initializer=_start_worker, initargs=(classifier.path, vad)) as pool:
+        yield from pool.imap(_annotate_in_worker, paths)
+
+
+def annotate_or_report(path: Path, classifier: Classifier, vad: VadConfig) -> FileOutcome:
+    """One recording's outcome: its rows, or the one-line cause of its failure."""
+    try:
+        duration_s = audio_info(path).duration_s
+        return FileOutcome(path, annotate_file(path, classifier, vad), audio_s=duration_s)
+    except AudioError as error:
+        return FileOutcome(path, [], str(error))
+    except (OSError, ValueError, MemoryError) as error:
+        return FileOutcome(path, [], f"{type(error).__name__}: {error}")
+
+
+_worker: dict = {}
+"""The classifier and VAD settings of a worker process."""
+
+
+def _start_worker(model_path: Path, vad: VadConfig) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the pool
+    _worker.update(classifier=load_classifier(model_path, threads=1), vad=vad)
+
+
+def _annotate_in_worker(path: Path) -> FileOutcome:
+    return annotate_or_report(path, _worker["classifier"], _worker["vad"])

@@ -1,0 +1,95 @@
+"""Annotation on a Dask cluster, written as a partitioned Parquet dataset.
+
+The recordings are split into parts of a few files; each part is one Dask task
+that loads the model once per worker process, annotates its files with the
+same code as a local run (:func:`sercli.pipeline.annotate_or_report`) and
+writes ``part-NNNNN-HASH.parquet`` atomically into the output folder, which
+therefore must be on storage every worker can reach, like the recordings. The
+folder reads back as one table with ``pandas.read_parquet(folder)``. A
+resumed run skips the parts already written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from functools import lru_cache
+from pathlib import Path
+
+from sercli.model import Classifier, load_classifier
+from sercli.pipeline import FileOutcome, annotate_or_report
+from sercli.vad import VadConfig
+from sercli.writers import results_frame, sort_results, write_results
+
+FILES_PER_PART = 16
+
+
+def part_names(paths: list[Path], files_per_part: int = FILES_PER_PART) -> list[tuple[list[Path], str]]:
+    """Split recordings into parts, each named by its position and a digest of its paths."""
+    parts = []
+    for index, first in enumerate(range(0, len(paths), files_per_part)):
+        chunk = paths[first : first + files_per_part]
+        digest = hashlib.sha1("\n".join(map(str, chunk)).encode()).hexdigest()[:12]
+        parts.append((chunk, f"part-{index:05d}-{digest}.parquet"))
+    return parts
+
+
+def annotate_on_dask(
+    client,
+    paths: list[Path],
+    model_path: Path,
+    vad: VadConfig,
+    output: Path,
+    metadata: dict,
+    resume: bool = False,
+    on_part: Callable[[list[FileOutcome]], None] = lambda _: None,
+    files_per_part: int = FILES_PER_PART,
+) -> None:
+    """Annotate recordings on a Dask cluster into the Parquet dataset folder ``output``.
+
+    Parameters
+    ----------
+    client : distributed.Client
+        Connected to the cluster.
+    paths : list of Path
+        Recordings, as every worker sees them.
+    model_path : Path
+        The model, as every worker sees it.
+    output : Path
+        Dataset folder (created); parts appear in it as they finish.
+    metadata : dict
+        Stored in every part's Parquet metadata.
+    resume : bool
+        Skip parts whose file already exists.
+    on_part : callable
+        Called in the client with each finished part's outcomes (rows dropped).
+    """
+    from distributed import as_completed
+
+    output.mkdir(parents=True, exist_ok=True)
+    todo = [(chunk, output / name) for chunk, name in part_names(paths, files_per_part)]
+    if resume:
+        todo = [(chunk, part) for chunk, part in todo if not part.exists()]
+    futures = [client.submit(annotate_part, chunk, part, model_path, vad, metadata, pure=False) for chunk, part in todo]
+    for future in as_completed(futures):
+        on_part(future.result())
+
+
+def annotate_part(paths: list[Path], part: Path, model_path: Path, vad: VadConfig, metadata: dict) -> list[FileOutcome]:
+    """Annotate one part's recordings on a worker and write them as one Parquet file.
+
+    Returns
+    -------
+    list of FileOutcome
+        Each recording's outcome, without its rows (they are in the file).
+    """
+    outcomes = [annotate_or_report(path, _classifier(model_path), vad) for path in paths]
+    rows = [row for outcome in outcomes for row in outcome.rows]
+    write_results(sort_results(results_frame(rows)), part, metadata)
+    return [FileOutcome(o.path, [], o.error, o.audio_s) for o in outcomes]
+
+
+@lru_cache(maxsize=2)
+def _classifier(model_path: Path) -> Classifier:
+    """One model per worker process, loaded on first use, one inference thread (a worker per core)."""
+    return load_classifier(model_path, threads=1)
