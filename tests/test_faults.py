@@ -1,5 +1,6 @@
 """Fault injection: bad, odd and hostile inputs in one batch, interruption and resume."""
 
+import io
 import os
 import shutil
 import signal
@@ -221,3 +222,30 @@ def test_resume_refuses_an_output_that_is_not_a_results_table(many, random_model
     result = sercli("annotate", many, "-o", out, "-m", random_model.with_suffix(".tflite"), "--resume", code=1)
     assert "cannot resume" in result.stderr and "missing columns" in result.stderr
     assert out.read_text() == "a,b\n1,2\n"
+
+
+def test_a_ten_hour_file_streams_through_in_bounded_memory(random_model, utterances, tmp_path):
+    """10 h at 8 kHz, silent but for one utterance in the middle of every hour."""
+    rate, block_s = 8000, 600
+    utterance = soxr.resample(utterances[0], ESPEAK_RATE, rate)
+    path = tmp_path / "ten_hours.flac"
+    with sf.SoundFile(path, "w", rate, 1, format="FLAC") as handle:
+        for block in range(10 * 3600 // block_s):
+            samples = np.zeros(block_s * rate, np.float32)
+            if block % 6 == 3:  # 30 minutes into each hour
+                samples[: len(utterance)] = utterance
+            handle.write(samples)
+    probe = (
+        "import resource, subprocess, sys; "
+        "r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+        "print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024); print(r.stdout)"
+    )
+    command = [sys.executable, "-m", "sercli", "annotate", path, "-m", random_model.with_suffix(".tflite"), "-o", "-"]
+    result = subprocess.run([sys.executable, "-c", probe, *map(str, command)], check=True, capture_output=True, text=True)
+    status, table = result.stdout.split("\n", 1)
+    code, peak_mb = map(int, status.split())
+    assert code == 0
+    assert peak_mb < 500, f"peak RSS {peak_mb} MB"
+    rows = pd.read_csv(io.StringIO(table))
+    assert len(rows) == 10
+    np.testing.assert_allclose(rows["start_s"], [3600 * h + 1800 for h in range(10)], atol=0.2)
