@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sercli import EMOTIONS, __version__
+from sercli.vad import VadConfig
 
 EXIT_FATAL, EXIT_PARTIAL, EXIT_INTERRUPTED = 1, 3, 130
 
@@ -68,11 +69,19 @@ def annotate(
     model: ModelOption = None,
     include: Annotated[list[str], typer.Option(help="Only files matching this glob (repeatable).")] = [],  # noqa: B006
     exclude: Annotated[list[str], typer.Option(help="Skip files matching this glob (repeatable).")] = [],  # noqa: B006
-    aggressiveness: Annotated[int, typer.Option(help="VAD mode, 0 (keeps most) to 3 (keeps least).")] = 2,
-    min_speech: Annotated[float, typer.Option(help="Drop speech bursts shorter than this (s).")] = 0.25,
-    min_silence: Annotated[float, typer.Option(help="Pauses shorter than this (s) do not split a segment.")] = 0.3,
-    padding: Annotated[float, typer.Option(help="Context added around each segment (s).")] = 0.1,
-    max_segment: Annotated[float, typer.Option(help="Split longer segments into equal parts (s).")] = 10.0,
+    aggressiveness: Annotated[
+        int, typer.Option(help="VAD mode, 0 (keeps most) to 3 (keeps least).")
+    ] = VadConfig.aggressiveness,
+    min_speech: Annotated[
+        float, typer.Option(help="Drop speech bursts shorter than this (s).")
+    ] = VadConfig.min_speech_s,
+    min_silence: Annotated[
+        float, typer.Option(help="Pauses shorter than this (s) do not split a segment.")
+    ] = VadConfig.min_silence_s,
+    padding: Annotated[float, typer.Option(help="Context added around each segment (s).")] = VadConfig.padding_s,
+    max_segment: Annotated[
+        float, typer.Option(help="Split longer segments into equal parts (s).")
+    ] = VadConfig.max_segment_s,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
     resume: Annotated[bool, typer.Option(help="Keep an existing output's rows and annotate only the rest.")] = False,
     checkpoint_every: Annotated[
@@ -92,11 +101,16 @@ def annotate(
     from sercli.batch import CsvStream, ResultsFile, annotate_into, errors_path, write_errors
     from sercli.files import find_audio_files
     from sercli.model import ModelError, bundled_model_path, load_classifier
-    from sercli.vad import VadConfig
     from sercli.writers import TABLE_SUFFIXES, table_format
 
     try:
-        vad = VadConfig(aggressiveness, 30, min_speech, min_silence, padding, max_segment)
+        vad = VadConfig(
+            aggressiveness=aggressiveness,
+            min_speech_s=min_speech,
+            min_silence_s=min_silence,
+            padding_s=padding,
+            max_segment_s=max_segment,
+        )
         if dask is None:
             table_format(output)
         elif output == "-" or Path(output).suffix.lower() in TABLE_SUFFIXES:
@@ -307,7 +321,6 @@ def train(
     _quiet_tensorflow()
     from sercli.features import FeatureConfig
     from sercli.training import TrainConfig, train_ravdess
-    from sercli.vad import VadConfig
 
     try:
         validation = [] if val_actors.strip().lower() in ("", "none") else [int(a) for a in val_actors.split(",")]
@@ -336,7 +349,6 @@ def evaluate(
     from sercli.datasets import find_ravdess_clips
     from sercli.evaluation import evaluate_windows, extract_windows
     from sercli.model import ModelError, bundled_model_path, load_classifier
-    from sercli.vad import VadConfig
 
     try:
         classifier = load_classifier(model or bundled_model_path())
