@@ -241,7 +241,9 @@ def test_a_ten_hour_file_streams_through_in_bounded_memory(random_model, utteran
         "print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024); print(r.stdout)"
     )
     command = [sys.executable, "-m", "sercli", "annotate", path, "-m", random_model.with_suffix(".tflite"), "-o", "-"]
-    result = subprocess.run([sys.executable, "-c", probe, *map(str, command)], check=True, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", probe, *map(str, command)], check=True, capture_output=True, text=True
+    )
     status, table = result.stdout.split("\n", 1)
     code, peak_mb = map(int, status.split())
     assert code == 0

@@ -1,0 +1,17 @@
+from sercli import EMOTIONS
+from sercli.model import ModelCard, bundled_model_path, card_path, file_sha256, load_classifier
+
+
+def test_bundled_model_is_shipped_with_a_complete_card():
+    path = bundled_model_path(".keras")
+    card = ModelCard.read(card_path(path))
+    assert card.sha256 == file_sha256(path)
+    assert card.exports["litert"]["sha256"] == file_sha256(path.with_suffix(".tflite"))
+    assert path.stat().st_size < 20e6
+    cross_validation = card.metrics["cross_validation"]
+    assert len(cross_validation["folds"]) == 5
+    tested = sorted(a for fold in cross_validation["folds"] for a in fold["test_actors"])
+    assert tested == list(range(1, 21))
+    assert set(cross_validation["pooled"]["per_class_recall"]) == set(EMOTIONS)
+    assert "CC BY-NC-SA 4.0" in card.training["data"]
+    assert load_classifier(bundled_model_path()).card.name == card.name
