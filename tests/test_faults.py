@@ -189,7 +189,12 @@ def test_interrupted_run_keeps_whole_files_and_resume_completes_without_duplicat
 ):
     out = tmp_path / "results.csv"
     command = [sys.executable, "-m", "sercli", "annotate", many, "-o", out, "-m", random_model.with_suffix(".tflite")]
-    process = subprocess.Popen([*map(str, command), "--checkpoint-every", "0"], stderr=subprocess.PIPE)
+    # A background job inherits SIGINT ignored, and Python then keeps ignoring it: restore the default.
+    process = subprocess.Popen(
+        [*map(str, command), "--checkpoint-every", "0"],
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509 - no threads yet
+    )
     deadline = time.monotonic() + 60
     while not (out.exists() and len(read_results(out)) >= 9) and time.monotonic() < deadline:
         time.sleep(0.05)
