@@ -7,6 +7,7 @@ clipped to [-1, 1] and resampled with soxr's streaming resampler.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -78,11 +79,15 @@ def to_mono(block: np.ndarray) -> np.ndarray:
     NaN becomes 0, +/-Inf and out-of-range samples are clipped to [-1, 1], then
     the block's DC offset (its mean) is removed, so the result lies in [-2, 2].
     """
-    mono = block.mean(axis=1, dtype=np.float32) if block.ndim == 2 else block.astype(np.float32)
-    np.nan_to_num(mono, copy=False, nan=0.0, posinf=1.0, neginf=-1.0)
+    if block.ndim == 1:
+        block = block[:, None]
+    channels = block.shape[1]
+    mono = np.asarray(block, dtype=np.float32) @ np.full(channels, 1.0 / channels, dtype=np.float32)
+    if not math.isfinite(float(mono.sum())):  # a NaN or Inf somewhere (or an overflowing sum): clean it
+        np.nan_to_num(mono, copy=False, nan=0.0, posinf=1.0, neginf=-1.0)
     np.clip(mono, -1.0, 1.0, out=mono)
     if len(mono):
-        mono -= mono.mean(dtype=np.float64)
+        mono -= mono.mean()
     return mono
 
 

@@ -2,7 +2,7 @@
 
 The recordings are split into parts of a few files; each part is one Dask task
 that loads the model once per worker process, annotates its files with the
-same code as a local run (:func:`sercli.pipeline.annotate_or_report`) and
+same code as a local run (:func:`sercli.pipeline.annotate_files`) and
 writes ``part-NNNNN-HASH.parquet`` atomically into the output folder, which
 therefore must be on storage every worker can reach, like the recordings. The
 folder reads back as one table with ``pandas.read_parquet(folder)``. A
@@ -17,7 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from sercli.model import Classifier, load_classifier
-from sercli.pipeline import FileOutcome, annotate_or_report
+from sercli.pipeline import FileOutcome, annotate_files
 from sercli.vad import VadConfig
 from sercli.writers import results_frame, sort_results, write_results
 
@@ -83,7 +83,7 @@ def annotate_part(paths: list[Path], part: Path, model_path: Path, vad: VadConfi
     list of FileOutcome
         Each recording's outcome, without its rows (they are in the file).
     """
-    outcomes = [annotate_or_report(path, _classifier(model_path), vad) for path in paths]
+    outcomes = list(annotate_files(paths, _classifier(model_path), vad))
     rows = [row for outcome in outcomes for row in outcome.rows]
     write_results(sort_results(results_frame(rows)), part, metadata)
     return [FileOutcome(o.path, [], o.error, o.audio_s) for o in outcomes]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sercli import EMOTIONS
+from sercli.audio import iter_audio
 from sercli.datasets import RavdessClip
 from sercli.features import FeatureConfig
 from sercli.pipeline import segment_windows
@@ -63,7 +64,7 @@ def extract_windows(
     """Windows of every clip's speech segments; a clip where VAD finds no speech is skipped."""
     windows, clip_index, kept = [], [], []
     for clip in clips:
-        clip_windows = [w for _, w in segment_windows(clip.path, features, vad)]
+        clip_windows = [w for _, w in segment_windows(iter_audio(clip.path, features.sample_rate), features, vad)]
         if not clip_windows:
             log(f"{clip.path}: no speech found, skipped")
             continue

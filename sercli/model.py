@@ -11,8 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import queue
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -178,31 +180,49 @@ class LiteRTClassifier:
     """Runs a LiteRT (``.tflite``) export of a model, without TensorFlow.
 
     The export has a fixed batch size (LiteRT cannot lower the BiLSTM's loops with
-    a dynamic one); a short last batch is padded with zeros.
+    a dynamic one); a short last batch is padded with zeros. ``threads``
+    single-threaded interpreters run a call's batches in parallel (on this model
+    two of them do 1.25x the work of one two-threaded interpreter), and calls from
+    several threads at once are safe.
     """
 
     def __init__(self, path: Path, card: ModelCard, threads: int | None = None):
         from ai_edge_litert.interpreter import Interpreter
 
         self.card, self.path = card, path
+        count = threads or os.cpu_count() or 1
         with quiet_native_output():
-            self.interpreter = Interpreter(model_path=str(path), num_threads=threads or os.cpu_count() or 1)
-            self.interpreter.allocate_tensors()
-        self.input = self.interpreter.get_input_details()[0]
-        self.output = self.interpreter.get_output_details()[0]
+            interpreters = [Interpreter(model_path=str(path), num_threads=1) for _ in range(count)]
+            for interpreter in interpreters:
+                interpreter.allocate_tensors()
+        self.input = interpreters[0].get_input_details()[0]
+        self.output = interpreters[0].get_output_details()[0]
         self.batch = int(self.input["shape"][0])
+        self._idle: queue.SimpleQueue = queue.SimpleQueue()
+        for interpreter in interpreters:
+            self._idle.put(interpreter)
+        self._threads = ThreadPoolExecutor(count, thread_name_prefix="litert") if count > 1 else None
 
     def predict_proba(self, windows: np.ndarray) -> np.ndarray:
         windows = np.asarray(windows, dtype=np.float32)[..., None]
-        results = []
-        for i in range(0, len(windows), self.batch):
-            chunk = windows[i : i + self.batch]
-            padded = np.zeros((self.batch, *chunk.shape[1:]), np.float32)
-            padded[: len(chunk)] = chunk
-            self.interpreter.set_tensor(self.input["index"], padded)
-            self.interpreter.invoke()
-            results.append(self.interpreter.get_tensor(self.output["index"])[: len(chunk)].copy())
-        return np.concatenate(results) if results else np.zeros((0, len(self.card.labels)), np.float32)
+        chunks = [windows[i : i + self.batch] for i in range(0, len(windows), self.batch)]
+        if not chunks:
+            return np.zeros((0, len(self.card.labels)), np.float32)
+        if self._threads is None or len(chunks) == 1:
+            return np.concatenate([self._invoke(chunk) for chunk in chunks])
+        return np.concatenate(list(self._threads.map(self._invoke, chunks)))
+
+    def _invoke(self, chunk: np.ndarray) -> np.ndarray:
+        """Probabilities of at most one batch of windows, on whichever interpreter is idle."""
+        padded = np.zeros((self.batch, *chunk.shape[1:]), np.float32)
+        padded[: len(chunk)] = chunk
+        interpreter = self._idle.get()
+        try:
+            interpreter.set_tensor(self.input["index"], padded)
+            interpreter.invoke()  # releases the GIL
+            return interpreter.get_tensor(self.output["index"])[: len(chunk)].copy()
+        finally:
+            self._idle.put(interpreter)
 
 
 class KerasClassifier:
@@ -225,7 +245,7 @@ class KerasClassifier:
 def load_classifier(model_path: str | Path, threads: int | None = None) -> Classifier:
     """Load a model (``.keras`` with TensorFlow, ``.tflite`` with LiteRT) and its card.
 
-    ``threads`` caps LiteRT's inference threads (default: all cores).
+    ``threads`` is the number of LiteRT inference threads (default: one per core).
 
     Raises
     ------

@@ -2,37 +2,43 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import multiprocessing
+import queue
 import signal
-from collections.abc import Iterator
-from dataclasses import dataclass
+import threading
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
-from sercli.audio import AudioError, audio_info, iter_audio
+from sercli.audio import AudioError, iter_audio
 from sercli.features import FeatureConfig, signal_windows
 from sercli.model import PREDICT_BATCH, Classifier, load_classifier
 from sercli.vad import SpeechSegment, VadConfig, stream_speech
 
 
 def segment_windows(
-    path: str | Path, features: FeatureConfig, vad: VadConfig
+    blocks: Iterable[np.ndarray], features: FeatureConfig, vad: VadConfig
 ) -> Iterator[tuple[SpeechSegment, np.ndarray]]:
     """Stream a recording's speech segments with their model input windows.
+
+    Parameters
+    ----------
+    blocks : iterable of np.ndarray, shape (n,)
+        The recording as consecutive mono blocks at ``features.sample_rate`` Hz
+        (see :func:`sercli.audio.iter_audio`).
 
     Yields
     ------
     (SpeechSegment, np.ndarray)
         A segment (seconds) and its windows, shape ``(n_windows, window_frames, n_mfcc)``.
-
-    Raises
-    ------
-    sercli.audio.AudioError
-        If the file cannot be decoded.
     """
-    blocks = iter_audio(path, features.sample_rate)
     for segment, samples in stream_speech(blocks, features.sample_rate, vad):
         yield segment, signal_windows(samples, features)
 
@@ -73,45 +79,6 @@ class SegmentEmotion:
     probabilities: np.ndarray
 
 
-def annotate_file(
-    path: str | Path, classifier: Classifier, vad: VadConfig, batch_windows: int = PREDICT_BATCH
-) -> list[SegmentEmotion]:
-    """Emotion rows of one recording, its windows classified in batches of about ``batch_windows``.
-
-    Raises
-    ------
-    sercli.audio.AudioError
-        If the file cannot be decoded.
-    """
-    labels = classifier.card.labels
-    rows: list[SegmentEmotion] = []
-    pending: list[tuple[SpeechSegment, np.ndarray]] = []
-
-    def classify() -> None:
-        probabilities = classifier.predict_proba(np.concatenate([w for _, w in pending]))
-        bounds = np.cumsum([0] + [len(w) for _, w in pending])
-        for (segment, _), first, last in zip(pending, bounds[:-1], bounds[1:]):
-            pooled = pool_probabilities(probabilities[first:last])
-            best = int(pooled.argmax())
-            rows.append(
-                SegmentEmotion(
-                    str(path), len(rows) + 1, segment.start_s, segment.end_s, labels[best], float(pooled[best]), pooled
-                )
-            )
-        pending.clear()
-
-    for segment, windows in segment_windows(path, classifier.card.feature_config, vad):
-        pending.append((segment, windows))
-        if sum(len(w) for _, w in pending) >= batch_windows:
-            classify()
-    if pending:
-        classify()
-    if not rows:
-        no_speech = np.full(len(labels), np.nan, dtype=np.float32)
-        rows.append(SegmentEmotion(str(path), 0, 0.0, audio_info(path).duration_s, None, math.nan, no_speech))
-    return rows
-
-
 @dataclass(frozen=True)
 class FileOutcome:
     """What happened to one recording: its rows, or the one-line reason it failed.
@@ -136,29 +103,212 @@ class FileOutcome:
 def annotate_files(
     paths: list[Path], classifier: Classifier, vad: VadConfig, workers: int = 1
 ) -> Iterator[FileOutcome]:
-    """Annotate recordings in order; a failing file yields an error, never stops the batch.
+    """Annotate recordings; outcomes come in the order of ``paths``, and a failing file never stops the batch.
 
-    With ``workers`` > 1, that many processes each load the model (one inference
-    thread each) and annotate whole recordings, decoding and inference of
-    different files overlapping; outcomes still come in the order of ``paths``.
+    In one process, this thread decodes recordings and cuts their windows while a
+    second thread classifies the windows already cut, in batches of about
+    ``PREDICT_BATCH`` windows that span consecutive recordings. With ``workers``
+    > 1, that many processes (each loading the model with one inference thread)
+    annotate whole recordings side by side.
     """
     if workers <= 1:
-        yield from (annotate_or_report(path, classifier, vad) for path in paths)
+        yield from _annotate_in_order(paths, classifier, vad)
         return
     context = multiprocessing.get_context("spawn")
     with context.Pool(workers, initializer=_start_worker, initargs=(classifier.path, vad)) as pool:
         yield from pool.imap(_annotate_in_worker, paths)
 
 
-def annotate_or_report(path: Path, classifier: Classifier, vad: VadConfig) -> FileOutcome:
-    """One recording's outcome: its rows, or the one-line cause of its failure."""
+@dataclass
+class _Recording:
+    """A recording on its way through the pipeline.
+
+    Attributes
+    ----------
+    path : Path
+    audio_s : float
+        Its length in seconds, as far as it has been decoded.
+    segments : list of SpeechSegment
+    probabilities : list of np.ndarray or None
+        Each segment's pooled probabilities, None until its windows are classified.
+    error : str or None
+        One-line cause of a failure to decode it.
+    read : bool
+        Whether all its segments have been cut.
+    unclassified : int
+        Segments still waiting for their probabilities.
+    """
+
+    path: Path
+    audio_s: float = 0.0
+    segments: list[SpeechSegment] = field(default_factory=list)
+    probabilities: list[np.ndarray | None] = field(default_factory=list)
+    error: str | None = None
+    read: bool = False
+    unclassified: int = 0
+
+    def cut_windows(
+        self, blocks: Iterable[np.ndarray], features: FeatureConfig, vad: VadConfig
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """Each speech segment's index and windows; a decoding failure ends it and is kept in ``error``."""
+
+        def counted() -> Iterator[np.ndarray]:
+            for block in blocks:
+                self.audio_s += len(block) / features.sample_rate
+                yield block
+
+        try:
+            for segment, windows in segment_windows(counted(), features, vad):
+                self.segments.append(segment)
+                self.probabilities.append(None)
+                self.unclassified += 1
+                yield len(self.segments) - 1, windows
+        except AudioError as error:
+            self.error = str(error)
+        except (OSError, ValueError, MemoryError) as error:
+            self.error = f"{type(error).__name__}: {error}"
+        self.read = True
+
+    def classified(self, index: int, probabilities: np.ndarray) -> None:
+        """Store segment ``index``'s pooled probabilities."""
+        self.probabilities[index] = probabilities
+        self.unclassified -= 1
+
+    @property
+    def done(self) -> bool:
+        return self.read and (self.error is not None or self.unclassified == 0)
+
+    def outcome(self, labels: list[str]) -> FileOutcome:
+        """Its rows (one no-speech row when no segment was found), or its failure."""
+        if self.error is not None:
+            return FileOutcome(self.path, [], self.error, self.audio_s)
+        rows = []
+        for number, (segment, pooled) in enumerate(zip(self.segments, self.probabilities), start=1):
+            best = int(pooled.argmax())
+            rows.append(
+                SegmentEmotion(
+                    str(self.path), number, segment.start_s, segment.end_s, labels[best], float(pooled[best]), pooled
+                )
+            )
+        if not rows:
+            no_speech = np.full(len(labels), np.nan, dtype=np.float32)
+            rows.append(SegmentEmotion(str(self.path), 0, 0.0, self.audio_s, None, math.nan, no_speech))
+        return FileOutcome(self.path, rows, audio_s=self.audio_s)
+
+
+class _DecodeAhead:
+    """Decodes recordings in a background thread, a few blocks ahead of their consumer.
+
+    Iterating gives ``(path, blocks)`` for each path in order; ``blocks`` yields the
+    recording's mono blocks (see :func:`sercli.audio.iter_audio`) and raises what
+    decoding it raised. Each ``blocks`` must be used up before the next pair is taken.
+    """
+
+    _END = object()
+
+    def __init__(self, paths: Iterable[Path], sample_rate: int, blocks_ahead: int = 4):
+        self.paths = [Path(p) for p in paths]
+        self.queue: queue.Queue = queue.Queue(blocks_ahead)
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._decode, args=(sample_rate,), name="decode", daemon=True)
+        self.thread.start()
+
+    def _decode(self, sample_rate: int) -> None:
+        for path in self.paths:
+            try:
+                for block in iter_audio(path, sample_rate):
+                    self._put(block)
+                self._put(self._END)
+            except Exception as error:  # noqa: BLE001 - raised again in the consuming thread
+                self._put(error)
+            if self.stopping.is_set():
+                return
+
+    def _put(self, item: object) -> None:
+        while not self.stopping.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def __iter__(self) -> Iterator[tuple[Path, Iterator[np.ndarray]]]:
+        for path in self.paths:
+            blocks = self._blocks()
+            yield path, blocks
+            with contextlib.suppress(Exception):  # the consumer gave up on this recording: skip its rest
+                for _ in blocks:
+                    pass
+
+    def _blocks(self) -> Iterator[np.ndarray]:
+        while (item := self.queue.get()) is not self._END:
+            if isinstance(item, Exception):
+                raise item
+            yield item
+
+    def stop(self) -> None:
+        """Let the decoding thread end early."""
+        self.stopping.set()
+
+
+_JOBS_AHEAD = 2
+"""Inference batches that may wait while the next windows are cut (bounds memory)."""
+
+
+def _annotate_in_order(paths: Iterable[Path], classifier: Classifier, vad: VadConfig) -> Iterator[FileOutcome]:
+    """Annotate recordings in this process: one thread decodes, this one cuts windows, another classifies them."""
+    features, labels = classifier.card.feature_config, classifier.card.labels
+    recordings: deque[_Recording] = deque()  # in input order, until their outcome is yielded
+    cut: list[tuple[_Recording, int, np.ndarray]] = []  # windows not yet sent to inference
+    cut_count = 0
+    jobs: deque[tuple[Future, list[tuple[_Recording, int, int]]]] = deque()
+    inference = ThreadPoolExecutor(1, thread_name_prefix="inference")
+
+    def send() -> None:
+        nonlocal cut_count
+        windows = np.concatenate([w for _, _, w in cut])
+        parts = [(recording, index, len(w)) for recording, index, w in cut]
+        jobs.append((inference.submit(classifier.predict_proba, windows), parts))
+        cut.clear()
+        cut_count = 0
+
+    def collect(ahead: int) -> None:
+        """Store the results of finished jobs, waiting until at most ``ahead`` are left."""
+        while jobs and (len(jobs) > ahead or jobs[0][0].done()):
+            future, parts = jobs.popleft()
+            probabilities, first = future.result(), 0
+            for recording, index, count in parts:
+                recording.classified(index, pool_probabilities(probabilities[first : first + count]))
+                first += count
+
+    def finished() -> Iterator[FileOutcome]:
+        while recordings and recordings[0].done:
+            yield recordings.popleft().outcome(labels)
+
+    # Single-threaded BLAS for the MFCC filterbank products: OpenBLAS would start a thread per
+    # core and keep them spinning between the small products, taking the inference threads' CPU.
+    blas = threadpool_limits(limits=1, user_api="blas")
+    decoded = _DecodeAhead(paths, features.sample_rate)
     try:
-        duration_s = audio_info(path).duration_s
-        return FileOutcome(path, annotate_file(path, classifier, vad), audio_s=duration_s)
-    except AudioError as error:
-        return FileOutcome(path, [], str(error))
-    except (OSError, ValueError, MemoryError) as error:
-        return FileOutcome(path, [], f"{type(error).__name__}: {error}")
+        for path, blocks in decoded:
+            recording = _Recording(path)
+            recordings.append(recording)
+            for index, windows in recording.cut_windows(blocks, features, vad):
+                cut.append((recording, index, windows))
+                cut_count += len(windows)
+                if cut_count >= PREDICT_BATCH:
+                    send()
+                    collect(_JOBS_AHEAD)
+            collect(_JOBS_AHEAD)
+            yield from finished()
+        if cut:
+            send()
+        collect(0)
+        yield from finished()
+    finally:
+        decoded.stop()
+        inference.shutdown(cancel_futures=True)
+        blas.restore_original_limits()
 
 
 _worker: dict = {}
@@ -171,4 +321,4 @@ def _start_worker(model_path: Path, vad: VadConfig) -> None:
 
 
 def _annotate_in_worker(path: Path) -> FileOutcome:
-    return annotate_or_report(path, _worker["classifier"], _worker["vad"])
+    return next(_annotate_in_order([path], _worker["classifier"], _worker["vad"]))

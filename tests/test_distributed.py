@@ -34,6 +34,14 @@ def local_rows(recordings, random_model, tmp_path_factory):
     return read_results(out)
 
 
+def test_local_worker_processes_give_the_same_rows_as_one_process(recordings, random_model, local_rows, tmp_path):
+    out = tmp_path / "rows.parquet"
+    command = ["annotate", recordings, "-o", out, "-m", random_model.with_suffix(".tflite"), "--workers", "2"]
+    result = subprocess.run([sys.executable, "-m", "sercli", *map(str, command)], check=False, capture_output=True)
+    assert result.returncode == 3  # broken.wav
+    pd.testing.assert_frame_equal(read_results(out), local_rows)
+
+
 def test_dask_cluster_gives_the_same_rows_as_a_local_run(recordings, random_model, local_rows, tmp_path):
     paths = find_audio_files([recordings])
     seen = []

@@ -149,21 +149,16 @@ def test_unicode_and_spaces_in_paths_survive_csv(hostile, hostile_run):
     assert str(folder / "ünïcødé name with spaces.wav") in set(table["path"])
 
 
-def test_a_file_deleted_mid_run_is_reported_and_the_rest_annotated(random_model, tmp_path, speech):
+def test_a_file_deleted_after_listing_is_reported_and_the_rest_annotated(random_model, tmp_path, speech):
     paths = []
     for name in ("a.wav", "b.wav", "c.wav"):
         sf.write(tmp_path / name, speech, ESPEAK_RATE)
         paths.append(tmp_path / name)
+    (tmp_path / "b.wav").unlink()  # gone between the folder walk and its turn to be decoded
     outcomes = []
-
-    def delete_next(outcome):
-        outcomes.append(outcome)
-        if outcome.path.name == "a.wav":
-            (tmp_path / "b.wav").unlink()
-
     with open(tmp_path / "out.csv", "w") as handle:
         sink = CsvStream(handle)
-        annotate_into(paths, load_classifier(random_model.with_suffix(".tflite")), VadConfig(), sink, delete_next)
+        annotate_into(paths, load_classifier(random_model.with_suffix(".tflite")), VadConfig(), sink, outcomes.append)
     assert [(o.path.name, o.error) for o in outcomes] == [("a.wav", None), ("b.wav", "file not found"), ("c.wav", None)]
     assert set(pd.read_csv(tmp_path / "out.csv")["path"]) == {str(paths[0]), str(paths[2])}
 

@@ -111,3 +111,16 @@ def test_backends_give_the_same_rows(random_model, tmp_path, utterances):
     pd.testing.assert_frame_equal(keras_rows.iloc[:, :4], litert_rows.iloc[:, :4])
     probabilities = [f"prob_{e}" for e in EMOTIONS]
     np.testing.assert_allclose(keras_rows[probabilities], litert_rows[probabilities], atol=2e-3)
+
+
+def test_litert_interpreters_in_parallel_agree_with_one(random_model, speech_windows):
+    from concurrent.futures import ThreadPoolExecutor
+
+    windows = np.concatenate([speech_windows] * 4)
+    one = load_classifier(random_model.with_suffix(".tflite"), threads=1).predict_proba(windows)
+    several = load_classifier(random_model.with_suffix(".tflite"), threads=3)
+    np.testing.assert_allclose(several.predict_proba(windows), one, atol=1e-6)
+    with ThreadPoolExecutor(5) as callers:  # calls from several threads at once
+        results = list(callers.map(several.predict_proba, [windows[i::5] for i in range(5)]))
+    for i, result in enumerate(results):
+        np.testing.assert_allclose(result, one[i::5], atol=1e-6)
