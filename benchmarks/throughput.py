@@ -1,13 +1,14 @@
 """Speed and memory of `sercli annotate`, printed as ratios to real time and to a feature-only floor.
 
-    python benchmarks/throughput.py [--model PATH] [--minutes 40] [--long-hours 1 10] [--workers 1 2]
+    python benchmarks/throughput.py [--model PATH] [--minutes 120] [--long-hours 1 10] [--workers 1 2]
 
 Builds a corpus in a temporary folder from the project's own `sample_audio/` recordings (speech
 joined with silences): short files of 5-20 s as 16 kHz WAV and 44.1 kHz FLAC, plus 10-minute files.
 Measures, each in a fresh process:
 
-- floor: decode + resample + MFCC of every sample (no VAD, no model), in this process;
-- throughput: the whole `sercli annotate CORPUS -o out.parquet` for each --workers value;
+- floor: decode + resample + MFCC of every sample (no VAD, no model), in this process, one thread;
+- throughput: the whole `sercli annotate CORPUS -o out.parquet` for each --workers value, and on a
+  local Dask cluster of 2 workers writing a partitioned Parquet dataset (when dask is installed);
 - start-up: annotating one 3 s file, whole process, median of 5 runs;
 - memory: peak RSS annotating one file of each --long-hours length.
 """
@@ -15,7 +16,7 @@ Measures, each in a fresh process:
 from __future__ import annotations
 
 import argparse
-import resource
+import importlib.util
 import statistics
 import subprocess
 import sys
@@ -90,7 +91,7 @@ def run(command: list[str]) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="model to benchmark (default: the bundled LiteRT model)")
-    parser.add_argument("--minutes", type=float, default=40.0, help="corpus length")
+    parser.add_argument("--minutes", type=float, default=120.0, help="corpus length")
     parser.add_argument("--long-hours", type=float, nargs="*", default=[1.0, 10.0], help="memory test lengths")
     parser.add_argument("--workers", type=int, nargs="*", default=[1, 2])
     args = parser.parse_args()
@@ -106,12 +107,14 @@ def main() -> None:
         floor = floor_seconds(corpus)
         print(f"corpus: {files} files, {audio_s / 60:.1f} min of audio (short WAV/FLAC + 10-min FLAC)")
         print(f"floor (decode + resample + MFCC only): {floor:.2f} s = {audio_s / floor:.0f}x real time")
-        for workers in args.workers:
-            out = tmp / f"out_{workers}.parquet"
-            wall, rss = run([*sercli, str(corpus), "-o", str(out), "--workers", str(workers)])
+        runs = {f"--workers {n}": ["-o", str(tmp / f"out_{n}.parquet"), "--workers", str(n)] for n in args.workers}
+        if importlib.util.find_spec("distributed"):
+            runs["--dask local --workers 2"] = ["-o", str(tmp / "dataset"), "--dask", "local", "--workers", "2"]
+        for name, options in runs.items():
+            wall, rss = run([*sercli, str(corpus), *options])
             print(
-                f"annotate --workers {workers}: {wall:.2f} s = {audio_s / wall:.0f}x real time, "
-                f"{floor / wall:.2f}x the floor's speed, peak RSS {rss:.0f} MB"
+                f"annotate {name}: {wall:.2f} s = {audio_s / wall:.0f}x real time, "
+                f"{floor / wall:.2f}x the floor's speed, peak RSS {rss:.0f} MB (largest process)"
             )
         short = tmp / "three_seconds.wav"
         sf.write(short, source[: 3 * RATE], RATE)

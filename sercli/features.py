@@ -38,7 +38,9 @@ class FeatureConfig:
     window_frames : int
         MFCC frames per model input window (100 frames = 1.02 s of audio).
     window_hop_frames : int
-        Frames between the starts of consecutive windows (50 = 0.5 s).
+        Frames between the starts of consecutive windows (100 = 1 s: windows do not
+        overlap; on actors held out of training, clip UA was the same as with 0.5 s
+        (0.539 vs 0.535) for 30 % fewer windows to classify).
     """
 
     sample_rate: int = 16000
@@ -49,7 +51,7 @@ class FeatureConfig:
     fmin: float = 20.0
     fmax: float = 8000.0
     window_frames: int = 100
-    window_hop_frames: int = 50
+    window_hop_frames: int = 100
 
     @property
     def window_s(self) -> float:

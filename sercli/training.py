@@ -50,6 +50,10 @@ class TrainConfig:
         Seeds weights, shuffling and augmentation.
     augment : bool
         Random gain (+/- 6 dB) and SpecAugment masks on training windows.
+    window_hop_frames : int
+        Frames between the starts of training windows: denser than at inference, so
+        overlapping windows give more examples. Validation and test windows are cut
+        with the features' own hop, as ``annotate`` cuts them.
     """
 
     epochs: int = 30
@@ -58,6 +62,7 @@ class TrainConfig:
     learning_rate: float = 1e-3
     seed: int = 0
     augment: bool = True
+    window_hop_frames: int = 50
 
 
 def fit(
@@ -103,6 +108,7 @@ def fit(
 
 
 def cross_validate(
+    training: WindowSet,
     data: WindowSet,
     folds: list[list[int]],
     features: FeatureConfig,
@@ -119,8 +125,10 @@ def cross_validate(
 
     Parameters
     ----------
+    training : WindowSet
+        Windows of all clips, cut for training (see ``TrainConfig.window_hop_frames``).
     data : WindowSet
-        Windows of all clips.
+        Windows of all clips as annotation cuts them: validation and test.
     folds : list of list of int
         Test actors of each fold.
 
@@ -140,7 +148,7 @@ def cross_validate(
         train_actors = [a for a in rest if a not in val_actors]
         if str(k) not in done:
             log(f"fold {k + 1}/{len(folds)}: test actors {test_actors}, validation {val_actors}")
-            model, history = fit(data.for_actors(train_actors), data.for_actors(val_actors), features, config, log)
+            model, history = fit(training.for_actors(train_actors), data.for_actors(val_actors), features, config, log)
             test = data.for_actors(test_actors)
             probabilities = clip_probabilities(_predict(model, test.windows), test)
             done[str(k)] = {
@@ -346,21 +354,22 @@ def train_ravdess(
     clips = find_ravdess_clips(root)
     output.parent.mkdir(parents=True, exist_ok=True)
     data = extract_windows(clips, features, vad, log)
+    training = extract_windows(clips, replace(features, window_hop_frames=config.window_hop_frames), vad)
     actors = sorted({clip.actor for clip in data.clips})
     unknown = sorted(set(validation_actors) - set(actors))
     if unknown:
         raise ValueError(f"validation actors {unknown} have no clips under {root}")
-    log(f"{len(data.clips)} clips, {len(data.windows)} windows, actors {actors}")
+    log(f"{len(data.clips)} clips, {len(training.windows)} training windows, actors {actors}")
     metrics = {}
     if cv_folds:
         checkpoint = output.with_name(output.name + ".cv.json")
         metrics["cross_validation"] = cross_validate(
-            data, actor_folds(actors, cv_folds), features, config, checkpoint, log
+            training, data, actor_folds(actors, cv_folds), features, config, checkpoint, log
         )
         if not validation_actors:
             best = [fold["best_epoch"] for fold in metrics["cross_validation"]["folds"]]
             config = replace(config, epochs=int(np.median(best)))
-    train = data.for_actors([a for a in actors if a not in validation_actors])
+    train = training.for_actors([a for a in actors if a not in validation_actors])
     validation = data.for_actors(validation_actors) if validation_actors else None
     log(f"final model: training on actors {sorted({c.actor for c in train.clips})} for up to {config.epochs} epochs")
     model, history = fit(train, validation, features, config, log)

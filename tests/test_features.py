@@ -52,6 +52,6 @@ def test_short_features_are_repeated_to_fill_one_window():
 
 def test_window_timing_in_seconds():
     config = FeatureConfig()
-    assert config.window_hop_s == pytest.approx(0.5)
+    assert config.window_hop_s == pytest.approx(1.0)
     assert config.window_s == pytest.approx((99 * 160 + 512) / 16000)
     assert signal_windows(np.zeros(int(2.5 * 16000), np.float32)).shape[1:] == (100, 40)
