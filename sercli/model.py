@@ -176,6 +176,11 @@ class Classifier(Protocol):
         """Probabilities ``(n_windows, n_labels)`` for windows ``(n_windows, frames, coeffs)``."""
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 class LiteRTClassifier:
     """Runs a LiteRT (``.tflite``) export of a model, without TensorFlow.
 
@@ -190,7 +195,7 @@ class LiteRTClassifier:
         from ai_edge_litert.interpreter import Interpreter
 
         self.card, self.path = card, path
-        count = threads or os.cpu_count() or 1
+        count = threads or usable_cores()
         with quiet_native_output():
             interpreters = [Interpreter(model_path=str(path), num_threads=1) for _ in range(count)]
             for interpreter in interpreters:
