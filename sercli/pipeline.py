@@ -105,11 +105,12 @@ def annotate_files(
 ) -> Iterator[FileOutcome]:
     """Annotate recordings; outcomes come in the order of ``paths``, and a failing file never stops the batch.
 
-    In one process, this thread decodes recordings and cuts their windows while a
-    second thread classifies the windows already cut, in batches of about
-    ``PREDICT_BATCH`` windows that span consecutive recordings. With ``workers``
-    > 1, that many processes (each loading the model with one inference thread)
-    annotate whole recordings side by side.
+    In one process, a thread decodes the recordings a few blocks ahead, this thread
+    finds their speech and cuts windows, and another thread has the classifier
+    (with its own threads: one LiteRT interpreter per core) classify the windows
+    already cut, in batches of about ``PREDICT_BATCH`` windows that span
+    consecutive recordings. With ``workers`` > 1, that many processes (each
+    loading the model with one interpreter) annotate whole recordings side by side.
     """
     if workers <= 1:
         yield from _annotate_in_order(paths, classifier, vad)
