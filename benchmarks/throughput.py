@@ -7,8 +7,9 @@ joined with silences): short files of 5-20 s as 16 kHz WAV and 44.1 kHz FLAC, pl
 Measures, each in a fresh process:
 
 - floor: decode + resample + MFCC of every sample (no VAD, no model), in this process, one thread;
-- throughput: the whole `sercli annotate CORPUS -o out.parquet` for each --workers value, and on a
-  local Dask cluster of 2 workers writing a partitioned Parquet dataset (when dask is installed);
+- throughput: the whole `sercli annotate CORPUS -o out.parquet` (median of --repeat runs) for each
+  --workers value, and on a local Dask cluster of 2 workers writing a partitioned Parquet dataset
+  (when dask is installed);
 - start-up: annotating one 3 s file, whole process, median of 5 runs;
 - memory: peak RSS annotating one file of each --long-hours length.
 """
@@ -27,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import soxr
+from threadpoolctl import threadpool_limits
 
 from sercli.audio import iter_audio, read_audio
 from sercli.features import mfcc
@@ -70,9 +72,10 @@ def write_long(path: Path, seconds: float, source: np.ndarray) -> float:
 def floor_seconds(folder: Path) -> float:
     """Wall time to decode, resample and compute MFCCs of every file."""
     started = time.perf_counter()
-    for path in sorted(folder.iterdir()):
-        for block in iter_audio(path):
-            mfcc(block)
+    with threadpool_limits(limits=1):
+        for path in sorted(folder.iterdir()):
+            for block in iter_audio(path):
+                mfcc(block)
     return time.perf_counter() - started
 
 
@@ -94,6 +97,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=120.0, help="corpus length")
     parser.add_argument("--long-hours", type=float, nargs="*", default=[1.0, 10.0], help="memory test lengths")
     parser.add_argument("--workers", type=int, nargs="*", default=[1, 2])
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each throughput measure")
     args = parser.parse_args()
     sercli = [sys.executable, "-m", "sercli", "annotate", "-q", *(["--model", args.model] if args.model else [])]
     rng = np.random.default_rng(0)
@@ -111,10 +115,13 @@ def main() -> None:
         if importlib.util.find_spec("distributed"):
             runs["--dask local --workers 2"] = ["-o", str(tmp / "dataset"), "--dask", "local", "--workers", "2"]
         for name, options in runs.items():
-            wall, rss = run([*sercli, str(corpus), *options])
+            results = [run([*sercli, str(corpus), *options, "--overwrite"]) for _ in range(args.repeat)]
+            walls = sorted(wall for wall, _ in results)
+            wall = statistics.median(walls)
             print(
-                f"annotate {name}: {wall:.2f} s = {audio_s / wall:.0f}x real time, "
-                f"{floor / wall:.2f}x the floor's speed, peak RSS {rss:.0f} MB (largest process)"
+                f"annotate {name}: median {wall:.2f} s of {args.repeat} = {audio_s / wall:.0f}x real time "
+                f"(runs {audio_s / walls[-1]:.0f}-{audio_s / walls[0]:.0f}x), {floor / wall:.2f}x the floor's speed, "
+                f"peak RSS {max(rss for _, rss in results):.0f} MB (largest process)"
             )
         short = tmp / "three_seconds.wav"
         sf.write(short, source[: 3 * RATE], RATE)
