@@ -87,7 +87,14 @@ def annotate(
     checkpoint_every: Annotated[
         float, typer.Option(help="Seconds between atomic rewrites of the output file (the most work a crash loses).")
     ] = 10.0,
-    workers: Annotated[int, typer.Option(help="Processes annotating files in parallel.", min=1)] = 1,
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="Processes annotating whole files side by side (one process already uses every core; "
+            "more help on many-core machines).",
+            min=1,
+        ),
+    ] = 1,
     dask: Annotated[
         str | None,
         typer.Option(
