@@ -248,8 +248,10 @@ class _DecodeAhead:
             yield item
 
     def stop(self) -> None:
-        """Let the decoding thread end early."""
+        """End the decoding thread early and wait for it (a thread still decoding while the
+        interpreter shuts down, after Ctrl-C, can crash it)."""
         self.stopping.set()
+        self.thread.join()
 
 
 _JOBS_AHEAD = 2
