@@ -136,8 +136,6 @@ class _Recording:
         One-line cause of a failure to decode it.
     read : bool
         Whether all its segments have been cut.
-    unclassified : int
-        Segments still waiting for their probabilities.
     """
 
     path: Path
@@ -146,7 +144,6 @@ class _Recording:
     probabilities: list[np.ndarray | None] = field(default_factory=list)
     error: str | None = None
     read: bool = False
-    unclassified: int = 0
 
     def cut_windows(
         self, blocks: Iterable[np.ndarray], features: FeatureConfig, vad: VadConfig
@@ -162,7 +159,6 @@ class _Recording:
             for segment, windows in segment_windows(counted(), features, vad):
                 self.segments.append(segment)
                 self.probabilities.append(None)
-                self.unclassified += 1
                 yield len(self.segments) - 1, windows
         except AudioError as error:
             self.error = str(error)
@@ -170,14 +166,9 @@ class _Recording:
             self.error = f"{type(error).__name__}: {error}"
         self.read = True
 
-    def classified(self, index: int, probabilities: np.ndarray) -> None:
-        """Store segment ``index``'s pooled probabilities."""
-        self.probabilities[index] = probabilities
-        self.unclassified -= 1
-
     @property
     def done(self) -> bool:
-        return self.read and (self.error is not None or self.unclassified == 0)
+        return self.read and (self.error is not None or all(p is not None for p in self.probabilities))
 
     def outcome(self, labels: list[str]) -> FileOutcome:
         """Its rows (one no-speech row when no segment was found), or its failure."""
@@ -281,7 +272,7 @@ def _annotate_in_order(paths: Iterable[Path], classifier: Classifier, vad: VadCo
             future, parts = jobs.popleft()
             probabilities, first = future.result(), 0
             for recording, index, count in parts:
-                recording.classified(index, pool_probabilities(probabilities[first : first + count]))
+                recording.probabilities[index] = pool_probabilities(probabilities[first : first + count])
                 first += count
 
     def finished() -> Iterator[FileOutcome]:
