@@ -381,7 +381,7 @@ def export_model(
     import numpy as np
 
     from sercli.features import signal_windows
-    from sercli.model import KerasClassifier, ModelError, load_classifier, save_model
+    from sercli.model import KerasClassifier, ModelError, load_classifier, write_litert_export
 
     try:
         classifier = load_classifier(model)
@@ -391,7 +391,7 @@ def export_model(
         raise fail(f"{model} is not a .keras model")
     config = classifier.card.feature_config
     noise = np.random.default_rng(0).normal(0.0, 0.1, 30 * config.sample_rate).astype(np.float32)
-    save_model(classifier.model, model, classifier.card, signal_windows(noise, config))
+    write_litert_export(classifier.model, model, classifier.card, signal_windows(noise, config))
     litert = classifier.card.exports["litert"]
     console.print(
         f"wrote {model.with_suffix('.tflite')}: outputs within {litert['max_abs_difference_from_keras']:.1e} "

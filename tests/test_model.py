@@ -9,7 +9,7 @@ import pytest
 
 from sercli import EMOTIONS
 from sercli.features import signal_windows
-from sercli.model import ModelCard, ModelError, card_path, load_classifier
+from sercli.model import ModelCard, ModelError, card_path, file_sha256, load_classifier
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +27,24 @@ def test_litert_export_matches_keras(random_model, speech_windows):
     np.testing.assert_allclose(litert_probabilities, keras_probabilities, atol=2e-3)
     card = ModelCard.read(card_path(random_model))
     assert card.exports["litert"]["max_abs_difference_from_keras"] < 2e-3
+
+
+@pytest.mark.parametrize("return_sequences", [True, False])
+def test_unrolled_bidirectional_lstm_equals_the_layer(return_sequences):
+    import keras
+
+    from sercli.model import unrolled_bidirectional_lstm
+
+    keras.utils.set_random_seed(2)
+    layer = keras.layers.Bidirectional(keras.layers.LSTM(16, return_sequences=return_sequences))
+    inputs = np.random.default_rng(2).normal(size=(3, 7, 5)).astype(np.float32)
+    layer(inputs)  # builds the weights; the bias is zero but for the forget gate's, so randomise it too
+    layer.forward_layer.cell.bias.assign(np.random.default_rng(3).normal(size=64))
+    expected = layer(inputs).numpy()
+    symbolic = keras.Input((7, 5), batch_size=3)
+    rebuilt = keras.Model(symbolic, unrolled_bidirectional_lstm(layer, symbolic))(inputs).numpy()
+    assert rebuilt.shape == expected.shape == ((3, 7, 32) if return_sequences else (3, 32))
+    np.testing.assert_allclose(rebuilt, expected, atol=1e-5)
 
 
 def test_litert_pads_a_short_last_batch(random_model, speech_windows):
@@ -124,3 +142,22 @@ def test_litert_interpreters_in_parallel_agree_with_one(random_model, speech_win
         results = list(callers.map(several.predict_proba, [windows[i::5] for i in range(5)]))
     for i, result in enumerate(results):
         np.testing.assert_allclose(result, one[i::5], atol=1e-6)
+
+
+def test_export_model_rewrites_only_the_litert_export(random_model, tmp_path, speech_windows):
+    for suffix in (".keras", ".json"):
+        shutil.copy(random_model.with_suffix(suffix), tmp_path / f"copy{suffix}")
+    keras_path = tmp_path / "copy.keras"
+    keras_bytes = keras_path.read_bytes()
+    result = subprocess.run(
+        [sys.executable, "-m", "sercli", "export-model", keras_path], capture_output=True, text=True, check=True
+    )
+    assert "copy.tflite" in result.stderr
+    assert keras_path.read_bytes() == keras_bytes
+    card = ModelCard.read(card_path(keras_path))
+    assert card.exports["litert"]["sha256"] == file_sha256(tmp_path / "copy.tflite")
+    np.testing.assert_allclose(
+        load_classifier(tmp_path / "copy.tflite").predict_proba(speech_windows),
+        load_classifier(keras_path).predict_proba(speech_windows),
+        atol=2e-3,
+    )
