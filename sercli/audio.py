@@ -76,18 +76,23 @@ def audio_info(path: str | Path) -> AudioInfo:
 def to_mono(block: np.ndarray) -> np.ndarray:
     """Mix a ``(frames, channels)`` block down to a clean ``(frames,)`` float32 signal.
 
-    NaN becomes 0, +/-Inf and out-of-range samples are clipped to [-1, 1], then
+    Out-of-range samples and +/-Inf are clipped to [-1, 1], NaN becomes 0, then
     the block's DC offset (its mean) is removed, so the result lies in [-2, 2].
     """
     if block.ndim == 1:
         block = block[:, None]
     channels = block.shape[1]
-    mono = np.asarray(block, dtype=np.float32) @ np.full(channels, 1.0 / channels, dtype=np.float32)
-    if not math.isfinite(float(mono.sum())):  # a NaN or Inf somewhere (or an overflowing sum): clean it
-        np.nan_to_num(mono, copy=False, nan=0.0, posinf=1.0, neginf=-1.0)
-    np.clip(mono, -1.0, 1.0, out=mono)
+    if channels == 1:  # a one-column matrix product would cost 7x more than the rest together
+        mixed = block[:, 0]
+    else:
+        mixed = np.asarray(block, dtype=np.float32) @ np.full(channels, 1.0 / channels, dtype=np.float32)
+    mono = np.clip(mixed, -1.0, 1.0, dtype=np.float32)
+    total = float(mono.sum())
+    if not math.isfinite(total):  # NaN somewhere
+        np.nan_to_num(mono, copy=False)
+        total = float(mono.sum())
     if len(mono):
-        mono -= mono.mean()
+        mono -= total / len(mono)
     return mono
 
 

@@ -102,7 +102,7 @@ def speech_flags(signal: np.ndarray, sample_rate: int, aggressiveness: int, fram
     if sample_rate not in VAD_SAMPLE_RATES:
         raise ValueError(f"webrtcvad needs 8, 16, 32 or 48 kHz audio, not {sample_rate} Hz")
     frame_samples = sample_rate * frame_ms // 1000
-    pcm = memoryview(np.clip(signal * 32767, -32768, 32767).astype("<i2").tobytes())  # frames sliced without copies
+    pcm = memoryview((np.clip(signal, -1.0, 1.0) * 32767).astype("<i2")).cast("B")  # frames sliced without copies
     step = 2 * frame_samples
     vad = webrtcvad.Vad(aggressiveness)
     return np.fromiter(
