@@ -56,21 +56,23 @@ class ResultsFile:
         self.path, self.metadata, self.checkpoint_s = path, metadata, checkpoint_s
         for stale in path.parent.glob(f".{path.name}.*.partial"):
             stale.unlink(missing_ok=True)
-        self.frames = [read_results(path)] if resume and path.exists() else []
-        self.done = set(self.frames[0]["path"]) if self.frames else set()
+        self.table = read_results(path) if resume and path.exists() else results_frame([])
+        self.done = set(self.table["path"])
+        self.pending: list[SegmentEmotion] = []  # rows added since the last rewrite
         self.last_save, self.save_cost = time.monotonic(), 0.0
 
     def add(self, rows: list[SegmentEmotion]) -> None:
-        self.frames.append(results_frame(rows))
+        self.pending.extend(rows)
         self.done.add(rows[0].path)
         if time.monotonic() - self.last_save >= max(self.checkpoint_s, 10 * self.save_cost):
             self.save()
 
     def save(self) -> None:
         started = time.monotonic()
-        table = sort_results(pd.concat(self.frames, ignore_index=True)) if self.frames else results_frame([])
-        write_results(table, self.path, self.metadata)
-        self.frames = [table]
+        if self.pending:  # one table for all new rows: a small one per recording costs 1 ms each
+            self.table = sort_results(pd.concat([self.table, results_frame(self.pending)], ignore_index=True))
+            self.pending = []
+        write_results(self.table, self.path, self.metadata)
         self.last_save = time.monotonic()
         self.save_cost = self.last_save - started
 
