@@ -115,13 +115,15 @@ def annotate_into(
     sink: ResultSink,
     on_outcome: Callable[[FileOutcome], None] = lambda _: None,
     workers: int = 1,
+    normalization: str | None = None,
 ) -> None:
     """Annotate the recordings the sink does not hold yet, adding each one's rows as it finishes.
 
     ``on_outcome`` hears of every recording, failed ones included, after its rows are added.
-    ``workers`` > 1 annotates in that many processes (see :func:`sercli.pipeline.annotate_files`).
+    ``workers`` and ``normalization`` are :func:`sercli.pipeline.annotate_files`'s.
     """
-    for outcome in annotate_files([p for p in paths if str(p) not in sink.done], classifier, vad, workers):
+    todo = [p for p in paths if str(p) not in sink.done]
+    for outcome in annotate_files(todo, classifier, vad, workers, normalization):
         if outcome.error is None:
             sink.add(outcome.rows)
         on_outcome(outcome)

@@ -102,12 +102,21 @@ def annotate(
             "(--workers processes here); -o then names a Parquet dataset folder."
         ),
     ] = None,
+    normalize: Annotated[
+        str | None,
+        typer.Option(
+            help="Standardise MFCCs over each: recording (default), folder (one speaker's clips), "
+            "segment, or none (models trained without it).",
+            show_default=False,
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
 ) -> None:
     """Annotate recordings: one row per speech segment with its emotion probabilities."""
     from sercli.batch import CsvStream, ResultsFile, annotate_into, errors_path, write_errors
     from sercli.files import find_audio_files
     from sercli.model import ModelError, bundled_model_path, load_classifier
+    from sercli.pipeline import model_normalization
     from sercli.writers import TABLE_SUFFIXES, table_format
 
     try:
@@ -131,7 +140,10 @@ def annotate(
         raise fail(f"{output} exists: pass --overwrite to replace it or --resume to complete it")
     try:
         classifier = load_classifier(model or bundled_model_path())
-    except ModelError as error:
+        normalization = model_normalization(classifier.card, normalize)
+        if normalization == "folder" and (workers > 1 or dask is not None):
+            raise ValueError("--normalize folder needs one process: drop --workers/--dask")
+    except (ModelError, ValueError) as error:
         raise fail(str(error)) from None
     card = classifier.card
     metadata = {
@@ -139,6 +151,7 @@ def annotate(
         "sercli_version": __version__,
         "vad": vad.__dict__,
         "features": card.features,
+        "normalization": normalization,
         "inputs": [str(p) for p in inputs],
     }
     failures = []
@@ -169,6 +182,7 @@ def annotate(
                     metadata,
                     resume,
                     on_part=lambda outcomes: [on_outcome(o) for o in outcomes],
+                    normalization=normalization,
                 )
 
         def save() -> None:
@@ -186,7 +200,7 @@ def annotate(
         errors_file = None if out_path is None else errors_path(out_path)
 
         def run() -> None:
-            annotate_into(paths, classifier, vad, sink, on_outcome, workers)
+            annotate_into(paths, classifier, vad, sink, on_outcome, workers, normalization)
 
         save = sink.save
 
@@ -322,7 +336,16 @@ def train(
     patience: Annotated[int, typer.Option(help="Early-stopping patience (epochs).")] = 6,
     batch_size: Annotated[int, typer.Option(help="Windows per batch.")] = 64,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    augment: Annotated[bool, typer.Option(help="Random gain and SpecAugment masks.")] = True,
+    normalize: Annotated[
+        str, typer.Option(help="speaker: standardise MFCCs over groups of an actor's clips; none: raw MFCCs.")
+    ] = "speaker",
+    variants: Annotated[
+        int, typer.Option(help="Randomly degraded copies of each clip (noise, rooms, phone, codecs, gain, speed).")
+    ] = 4,
+    spec_augment: Annotated[bool, typer.Option(help="SpecAugment time and coefficient masks.")] = True,
+    cache: Annotated[
+        Path | None, typer.Option(help="Folder keeping the clips' features between runs (clean and degraded).")
+    ] = None,
 ) -> None:
     """Train the emotion model on RAVDESS, speaker-independently, and write it with its card."""
     _quiet_tensorflow()
@@ -333,11 +356,19 @@ def train(
         validation = [] if val_actors.strip().lower() in ("", "none") else [int(a) for a in val_actors.split(",")]
     except ValueError:
         raise fail(f"--val-actors must be comma-separated actor numbers or 'none', not '{val_actors}'") from None
-    config = TrainConfig(epochs=epochs, patience=patience, batch_size=batch_size, seed=seed, augment=augment)
     started = time.monotonic()
     try:
+        config = TrainConfig(
+            epochs=epochs,
+            patience=patience,
+            batch_size=batch_size,
+            seed=seed,
+            normalization=normalize,
+            variants=variants,
+            spec_augment=spec_augment,
+        )
         card = train_ravdess(
-            ravdess_dir, output, FeatureConfig(), VadConfig(), config, validation, cv_folds, log=console.print
+            ravdess_dir, output, FeatureConfig(), VadConfig(), config, validation, cv_folds, cache, log=console.print
         )
     except ValueError as error:
         raise fail(str(error)) from None
@@ -351,10 +382,17 @@ def evaluate(
     model: ModelOption = None,
     plot: Annotated[Path | None, typer.Option(help="Save the confusion matrix as an image (needs matplotlib).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON on stdout.")] = False,
+    normalize: Annotated[
+        str,
+        typer.Option(
+            help="For a model trained on normalised MFCCs: standardise over each actor's clips (speaker) "
+            "or each clip (recording)."
+        ),
+    ] = "speaker",
 ) -> None:
     """Clip-level accuracy, unweighted accuracy, per-class recall and confusion matrix."""
     from sercli.datasets import find_ravdess_clips
-    from sercli.evaluation import evaluate_windows, extract_windows
+    from sercli.evaluation import evaluate_windows, extract_features
     from sercli.model import ModelError, bundled_model_path, load_classifier
 
     try:
@@ -362,8 +400,11 @@ def evaluate(
         clips = find_ravdess_clips(data_dir)
     except (ModelError, ValueError) as error:
         raise fail(str(error)) from None
-    data = extract_windows(clips, classifier.card.feature_config, VadConfig(), console.print)
-    metrics = evaluate_windows(classifier.predict_proba, data)
+    config = classifier.card.feature_config
+    data = extract_features(clips, config, VadConfig(), log=console.print)
+    normalization = "none" if classifier.card.normalization == "none" else normalize
+    windows = data.windows(config.window_frames, config.window_hop_frames)
+    metrics = evaluate_windows(classifier.predict_proba, windows, normalization)
     if as_json:
         print(json.dumps(metrics, indent=2))
     else:

@@ -44,6 +44,7 @@ def annotate_on_dask(
     resume: bool = False,
     on_part: Callable[[list[FileOutcome]], None] = lambda _: None,
     files_per_part: int = FILES_PER_PART,
+    normalization: str | None = None,
 ) -> None:
     """Annotate recordings on a Dask cluster into the Parquet dataset folder ``output``.
 
@@ -63,19 +64,29 @@ def annotate_on_dask(
         Skip parts whose file already exists.
     on_part : callable
         Called in the client with each finished part's outcomes (rows dropped).
+    normalization : str, optional
+        ``recording``, ``segment`` or ``none`` (see :func:`sercli.pipeline.model_normalization`);
+        a folder may straddle parts, so ``folder`` is refused.
     """
+    if normalization == "folder":
+        raise ValueError("--normalize folder cannot run on Dask (a folder may span several workers)")
     from distributed import as_completed
 
     output.mkdir(parents=True, exist_ok=True)
     todo = [(chunk, output / name) for chunk, name in part_names(paths, files_per_part)]
     if resume:
         todo = [(chunk, part) for chunk, part in todo if not part.exists()]
-    futures = [client.submit(annotate_part, chunk, part, model_path, vad, metadata, pure=False) for chunk, part in todo]
+    futures = [
+        client.submit(annotate_part, chunk, part, model_path, vad, metadata, normalization, pure=False)
+        for chunk, part in todo
+    ]
     for future in as_completed(futures):
         on_part(future.result())
 
 
-def annotate_part(paths: list[Path], part: Path, model_path: Path, vad: VadConfig, metadata: dict) -> list[FileOutcome]:
+def annotate_part(
+    paths: list[Path], part: Path, model_path: Path, vad: VadConfig, metadata: dict, normalization: str | None = None
+) -> list[FileOutcome]:
     """Annotate one part's recordings on a worker and write them as one Parquet file.
 
     Returns
@@ -83,7 +94,7 @@ def annotate_part(paths: list[Path], part: Path, model_path: Path, vad: VadConfi
     list of FileOutcome
         Each recording's outcome, without its rows (they are in the file).
     """
-    outcomes = list(annotate_files(paths, _classifier(model_path), vad))
+    outcomes = list(annotate_files(paths, _classifier(model_path), vad, normalization=normalization))
     rows = [row for outcome in outcomes for row in outcome.rows]
     write_results(sort_results(results_frame(rows)), part, metadata)
     return [FileOutcome(o.path, [], o.error, o.audio_s) for o in outcomes]

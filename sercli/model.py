@@ -48,6 +48,11 @@ class ModelCard:
         Output order of the softmax.
     features : dict
         :class:`FeatureConfig` fields the model expects.
+    normalization : str
+        How its training input was standardised (:data:`sercli.training.TRAIN_NORMALIZATIONS`):
+        ``speaker`` (over groups of a speaker's clips; ``annotate`` standardises over
+        a recording, folder or segment) or ``none`` (raw MFCCs, as models made before
+        normalisation existed).
     sha256 : str
         Hex digest of the ``.keras`` weights file.
     training : dict
@@ -63,6 +68,7 @@ class ModelCard:
     version: str
     labels: list[str]
     features: dict
+    normalization: str = "none"
     sha256: str = ""
     training: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)

@@ -7,6 +7,7 @@ import math
 import multiprocessing
 import queue
 import signal
+import tempfile
 import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -18,15 +19,16 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from sercli.audio import AudioError, iter_audio
-from sercli.features import FeatureConfig, signal_windows
-from sercli.model import PREDICT_BATCH, Classifier, load_classifier
+from sercli.features import FeatureConfig, mfcc, mfcc_windows
+from sercli.model import PREDICT_BATCH, Classifier, ModelCard, load_classifier
+from sercli.normalization import NORMALIZATIONS, FrameStats, standardize
 from sercli.vad import SpeechSegment, VadConfig, stream_speech
 
 
-def segment_windows(
+def segment_frames(
     blocks: Iterable[np.ndarray], features: FeatureConfig, vad: VadConfig
 ) -> Iterator[tuple[SpeechSegment, np.ndarray]]:
-    """Stream a recording's speech segments with their model input windows.
+    """Stream a recording's speech segments with their MFCC frames.
 
     Parameters
     ----------
@@ -37,10 +39,26 @@ def segment_windows(
     Yields
     ------
     (SpeechSegment, np.ndarray)
-        A segment (seconds) and its windows, shape ``(n_windows, window_frames, n_mfcc)``.
+        A segment (seconds) and its MFCCs, shape ``(n_frames, n_mfcc)``.
     """
     for segment, samples in stream_speech(blocks, features.sample_rate, vad):
-        yield segment, signal_windows(samples, features)
+        yield segment, mfcc(samples, features)
+
+
+def segment_windows(
+    blocks: Iterable[np.ndarray], features: FeatureConfig, vad: VadConfig
+) -> Iterator[tuple[SpeechSegment, np.ndarray, FrameStats]]:
+    """Stream a recording's speech segments with their model input windows and frame statistics.
+
+    Yields
+    ------
+    (SpeechSegment, np.ndarray, FrameStats)
+        A segment (seconds), its windows, shape ``(n_windows, window_frames, n_mfcc)``,
+        not normalised, and the statistics of its MFCC frames (each frame counted once,
+        however many windows hold it).
+    """
+    for segment, frames in segment_frames(blocks, features, vad):
+        yield segment, mfcc_windows(frames, features.window_frames, features.window_hop_frames), FrameStats.of(frames)
 
 
 def pool_probabilities(window_probabilities: np.ndarray) -> np.ndarray:
@@ -100,8 +118,30 @@ class FileOutcome:
     audio_s: float = 0.0
 
 
+def model_normalization(card: ModelCard, requested: str | None = None) -> str:
+    """The normalisation to annotate with (one of :data:`NORMALIZATIONS`).
+
+    ``requested`` None gives ``recording`` for a model trained on normalised
+    MFCCs and ``none`` for one trained without.
+
+    Raises
+    ------
+    ValueError
+        If ``requested`` is unknown, or asks to normalise for a model trained without it.
+    """
+    if requested is not None and requested not in NORMALIZATIONS:
+        raise ValueError(f"unknown normalization {requested!r}: use {', '.join(NORMALIZATIONS)}")
+    if card.normalization == "none":
+        if requested not in (None, "none"):
+            raise ValueError(f"model {card.name} was trained without normalisation: use --normalize none")
+        return "none"
+    if requested == "none":
+        raise ValueError(f"model {card.name} was trained on normalised MFCCs: --normalize none would mislead it")
+    return requested or "recording"
+
+
 def annotate_files(
-    paths: list[Path], classifier: Classifier, vad: VadConfig, workers: int = 1
+    paths: list[Path], classifier: Classifier, vad: VadConfig, workers: int = 1, normalization: str | None = None
 ) -> Iterator[FileOutcome]:
     """Annotate recordings; outcomes come in the order of ``paths``, and a failing file never stops the batch.
 
@@ -111,12 +151,22 @@ def annotate_files(
     already cut, in batches of about ``PREDICT_BATCH`` windows that span
     consecutive recordings. With ``workers`` > 1, that many processes (each
     loading the model with one interpreter) annotate whole recordings side by side.
+
+    ``normalization`` (see :func:`model_normalization`; default from the model's
+    card) says over which speech each MFCC coefficient is standardised. In
+    ``folder`` mode outcomes come folder by folder (in ``paths`` order within a
+    folder) and ``workers`` must be 1.
     """
+    normalization = model_normalization(classifier.card, normalization)
+    if normalization == "folder":
+        if workers > 1:
+            raise ValueError("--normalize folder needs every recording of a folder in one process: use --workers 1")
+        paths = sorted(paths, key=lambda path: Path(path).parent)  # stable: each folder's recordings together
     if workers <= 1:
-        yield from _annotate_in_order(paths, classifier, vad)
+        yield from _annotate_in_order(paths, classifier, vad, normalization)
         return
     context = multiprocessing.get_context("spawn")
-    with context.Pool(workers, initializer=_start_worker, initargs=(classifier.path, vad)) as pool:
+    with context.Pool(workers, initializer=_start_worker, initargs=(classifier.path, vad, normalization)) as pool:
         yield from pool.imap(_annotate_in_worker, paths)
 
 
@@ -147,8 +197,9 @@ class _Recording:
 
     def cut_windows(
         self, blocks: Iterable[np.ndarray], features: FeatureConfig, vad: VadConfig
-    ) -> Iterator[tuple[int, np.ndarray]]:
-        """Each speech segment's index and windows; a decoding failure ends it and is kept in ``error``."""
+    ) -> Iterator[tuple[int, np.ndarray, FrameStats]]:
+        """Each speech segment's index, windows and frame statistics; a decoding failure ends it and is kept
+        in ``error``."""
 
         def counted() -> Iterator[np.ndarray]:
             for block in blocks:
@@ -156,10 +207,10 @@ class _Recording:
                 yield block
 
         try:
-            for segment, windows in segment_windows(counted(), features, vad):
+            for segment, windows, stats in segment_windows(counted(), features, vad):
                 self.segments.append(segment)
                 self.probabilities.append(None)
-                yield len(self.segments) - 1, windows
+                yield len(self.segments) - 1, windows, stats
         except AudioError as error:
             self.error = str(error)
         except (OSError, ValueError, MemoryError) as error:
@@ -248,15 +299,63 @@ class _DecodeAhead:
 _JOBS_AHEAD = 2
 """Inference batches that may wait while the next windows are cut (bounds memory)."""
 
+HELD_WINDOWS_BYTES = 64 << 20
+"""Windows of a normalisation group held in memory; more wait in a temporary file."""
 
-def _annotate_in_order(paths: Iterable[Path], classifier: Classifier, vad: VadConfig) -> Iterator[FileOutcome]:
-    """Annotate recordings in this process: one thread decodes, this one cuts windows, another classifies them."""
+
+class _HeldWindows:
+    """The windows of a normalisation group, kept until the group's statistics are complete.
+
+    Past ``memory_bytes`` they wait in an anonymous temporary file, so a 10-hour
+    recording normalised as a whole still annotates in flat memory.
+    """
+
+    def __init__(self, n_coeffs: int, memory_bytes: int = HELD_WINDOWS_BYTES):
+        self.memory_bytes, self.held_bytes = memory_bytes, 0
+        self.stats = FrameStats.empty(n_coeffs)
+        self.parts: list[tuple[_Recording, int, np.ndarray | None]] = []
+        self.spill = None
+
+    def add(self, recording: _Recording, index: int, windows: np.ndarray, stats: FrameStats) -> None:
+        self.stats += stats
+        if self.held_bytes + windows.nbytes <= self.memory_bytes:
+            self.parts.append((recording, index, windows))
+            self.held_bytes += windows.nbytes
+            return
+        if self.spill is None:
+            self.spill = tempfile.TemporaryFile()
+        np.save(self.spill, windows)
+        self.parts.append((recording, index, None))
+
+    def drain(self) -> Iterator[tuple[_Recording, int, np.ndarray]]:
+        """Every held part, standardised with the group's statistics; the group is then empty."""
+        if self.spill is not None:
+            self.spill.seek(0)
+        for recording, index, windows in self.parts:
+            if windows is None:
+                windows = np.load(self.spill)
+            if recording.error is None:
+                yield recording, index, standardize(windows, self.stats)
+        if self.spill is not None:
+            self.spill.close()
+        self.stats, self.parts, self.held_bytes, self.spill = FrameStats.empty(len(self.stats.total)), [], 0, None
+
+
+def _annotate_in_order(
+    paths: Iterable[Path], classifier: Classifier, vad: VadConfig, normalization: str = "none"
+) -> Iterator[FileOutcome]:
+    """Annotate recordings in this process: one thread decodes, this one cuts windows, another classifies them.
+
+    Windows wait in a :class:`_HeldWindows` until their normalisation group
+    (segment, recording or folder) has been read whole.
+    """
     features, labels = classifier.card.feature_config, classifier.card.labels
     recordings: deque[_Recording] = deque()  # in input order, until their outcome is yielded
     cut: list[tuple[_Recording, int, np.ndarray]] = []  # windows not yet sent to inference
     cut_count = 0
     jobs: deque[tuple[Future, list[tuple[_Recording, int, int]]]] = deque()
     inference = ThreadPoolExecutor(1, thread_name_prefix="inference")
+    group, folder = _HeldWindows(features.n_mfcc), None
 
     def send() -> None:
         nonlocal cut_count
@@ -265,6 +364,15 @@ def _annotate_in_order(paths: Iterable[Path], classifier: Classifier, vad: VadCo
         jobs.append((inference.submit(classifier.predict_proba, windows), parts))
         cut.clear()
         cut_count = 0
+
+    def queue_windows(parts: Iterable[tuple[_Recording, int, np.ndarray]]) -> None:
+        nonlocal cut_count
+        for part in parts:
+            cut.append(part)
+            cut_count += len(part[2])
+            if cut_count >= PREDICT_BATCH:
+                send()
+                collect(_JOBS_AHEAD)
 
     def collect(ahead: int) -> None:
         """Store the results of finished jobs, waiting until at most ``ahead`` are left."""
@@ -285,16 +393,23 @@ def _annotate_in_order(paths: Iterable[Path], classifier: Classifier, vad: VadCo
     decoded = _DecodeAhead(paths, features.sample_rate)
     try:
         for path, blocks in decoded:
+            if normalization == "folder" and path.parent != folder:
+                queue_windows(group.drain())
+                folder = path.parent
             recording = _Recording(path)
             recordings.append(recording)
-            for index, windows in recording.cut_windows(blocks, features, vad):
-                cut.append((recording, index, windows))
-                cut_count += len(windows)
-                if cut_count >= PREDICT_BATCH:
-                    send()
-                    collect(_JOBS_AHEAD)
+            for index, windows, stats in recording.cut_windows(blocks, features, vad):
+                if normalization == "none":
+                    queue_windows([(recording, index, windows)])
+                elif normalization == "segment":
+                    queue_windows([(recording, index, standardize(windows, stats))])
+                else:
+                    group.add(recording, index, windows, stats)
+            if normalization == "recording":
+                queue_windows(group.drain())
             collect(_JOBS_AHEAD)
             yield from finished()
+        queue_windows(group.drain())
         if cut:
             send()
         collect(0)
@@ -309,10 +424,10 @@ _worker: dict = {}
 """The classifier and VAD settings of a worker process."""
 
 
-def _start_worker(model_path: Path, vad: VadConfig) -> None:
+def _start_worker(model_path: Path, vad: VadConfig, normalization: str) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the pool
-    _worker.update(classifier=load_classifier(model_path, threads=1), vad=vad)
+    _worker.update(classifier=load_classifier(model_path, threads=1), vad=vad, normalization=normalization)
 
 
 def _annotate_in_worker(path: Path) -> FileOutcome:
-    return next(_annotate_in_order([path], _worker["classifier"], _worker["vad"]))
+    return next(_annotate_in_order([path], _worker["classifier"], _worker["vad"], _worker["normalization"]))

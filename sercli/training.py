@@ -2,7 +2,10 @@
 
 Features come from :mod:`sercli.evaluation`, which uses the annotation code
 itself. Every split is by actor: validation and test actors are never heard in
-training.
+training. Training is multi-condition (clean clips and randomly degraded copies,
+:mod:`sercli.augment`) and, by default, on MFCCs standardised over groups of an
+actor's clips (:mod:`sercli.normalization`), as ``annotate`` standardises a
+recording or a folder.
 """
 
 from __future__ import annotations
@@ -18,17 +21,21 @@ import numpy as np
 import tensorflow as tf
 
 from sercli import EMOTIONS, __version__
+from sercli.audio import iter_audio
+from sercli.augment import AugmentConfig, random_degradation
 from sercli.datasets import RavdessClip, actor_folds, find_ravdess_clips
 from sercli.evaluation import (
+    ClipFeatures,
     Log,
     WindowSet,
+    cached_features,
     classification_metrics,
     clip_probabilities,
     evaluate_windows,
-    extract_windows,
 )
 from sercli.features import FeatureConfig
 from sercli.model import ModelCard, build_cnn_bilstm, file_sha256, save_model
+from sercli.normalization import FrameStats
 from sercli.vad import VadConfig
 from sercli.writers import atomic_output
 
@@ -47,9 +54,20 @@ class TrainConfig:
     learning_rate : float
         Adam's initial learning rate.
     seed : int
-        Seeds weights, shuffling and augmentation.
-    augment : bool
-        Random gain (+/- 6 dB) and SpecAugment masks on training windows.
+        Seeds weights, shuffling, degradations and normalisation groups.
+    normalization : str
+        ``speaker``: windows are standardised with the MFCC statistics of a group of
+        one actor's clips, a random subset of them drawn anew each epoch (from one
+        clip to all), so the model sees the group sizes ``annotate`` will give it;
+        validation and test clips are standardised over their actor. ``none``: raw
+        MFCCs (the model's input layer still applies the training set's global statistics).
+    variants : int
+        Degraded copies of each clip (:func:`sercli.augment.random_degradation`) for
+        multi-condition training; each epoch takes one of the clean clip and its
+        copies at random. 0: clean clips only.
+    spec_augment : bool
+        SpecAugment masks (two time masks of up to 10 frames, one of up to 4
+        coefficients) on training windows.
     window_hop_frames : int
         Frames between the starts of training windows: denser than at inference, so
         overlapping windows give more examples. Validation and test windows are cut
@@ -61,22 +79,37 @@ class TrainConfig:
     batch_size: int = 64
     learning_rate: float = 1e-3
     seed: int = 0
-    augment: bool = True
+    normalization: str = "speaker"
+    variants: int = 4
+    spec_augment: bool = True
     window_hop_frames: int = 50
+
+    def __post_init__(self) -> None:
+        if self.normalization not in TRAIN_NORMALIZATIONS:
+            raise ValueError(f"training normalization must be one of {TRAIN_NORMALIZATIONS}, not {self.normalization!r}")
+
+
+TRAIN_NORMALIZATIONS = ("speaker", "none")
 
 
 def fit(
-    train: WindowSet,
+    train: list[WindowSet],
     validation: WindowSet | None,
-    features: FeatureConfig,
     config: TrainConfig,
     log: Log = lambda _: None,
 ):
     """Train a fresh CNN-BiLSTM.
 
-    With a validation set, training stops after ``config.patience`` epochs without
-    a better clip-level validation UA and the best epoch's weights are kept;
-    without one, it runs ``config.epochs`` epochs.
+    Parameters
+    ----------
+    train : list of WindowSet
+        The training clips' windows, clean first, then each degraded variant; all
+        hold the same clips in the same order.
+    validation : WindowSet or None
+        Clean windows of other actors, cut as ``annotate`` cuts them. With it,
+        training stops after ``config.patience`` epochs without a better clip-level
+        validation UA and the best epoch's weights are kept; without it, training
+        runs ``config.epochs`` epochs.
 
     Returns
     -------
@@ -85,16 +118,15 @@ def fit(
     """
     keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()
-    mean, std = train.windows.mean(axis=(0, 1)), train.windows.std(axis=(0, 1)) + 1e-6
-    model = build_cnn_bilstm(mean, std, train.windows.shape[1], train.windows.shape[2])
+    batches = _TrainingBatches(train, config)
+    sample = batches.normalized_sample()
+    mean, std = sample.mean(axis=(0, 1)), sample.std(axis=(0, 1)) + 1e-6
+    model = build_cnn_bilstm(mean, std, sample.shape[1], sample.shape[2])
     model.compile(
         optimizer=keras.optimizers.Adam(config.learning_rate),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
-    labels = train.labels
-    class_weight = len(labels) / (len(EMOTIONS) * np.maximum(np.bincount(labels, minlength=len(EMOTIONS)), 1))
-    batches = _AugmentedBatches(train.windows, labels, class_weight[labels], mean, math.sqrt(features.n_mels), config)
     history = _EpochLog(validation, config, log)
     callbacks: list = [history]
     if validation is not None:
@@ -108,10 +140,9 @@ def fit(
 
 
 def cross_validate(
-    training: WindowSet,
+    training: list[WindowSet],
     data: WindowSet,
     folds: list[list[int]],
-    features: FeatureConfig,
     config: TrainConfig,
     checkpoint: Path,
     log: Log = lambda _: None,
@@ -121,14 +152,17 @@ def cross_validate(
     For each fold, its actors are the test set; of the remaining actors the two
     highest-numbered (one male, one female when possible) are the early-stopping
     validation set and the rest are trained on. Finished folds are stored in the
-    JSON file ``checkpoint`` and not redone when the run is restarted.
+    JSON file ``checkpoint``, and each fold's model beside it
+    (``<checkpoint stem>/fold-<k>.keras``, kept for the robustness benchmark), so
+    a restarted run does not redo them.
 
     Parameters
     ----------
-    training : WindowSet
-        Windows of all clips, cut for training (see ``TrainConfig.window_hop_frames``).
+    training : list of WindowSet
+        Windows of all clips cut for training (see ``TrainConfig.window_hop_frames``):
+        clean, then each degraded variant.
     data : WindowSet
-        Windows of all clips as annotation cuts them: validation and test.
+        Clean windows of all clips as annotation cuts them: validation and test.
     folds : list of list of int
         Test actors of each fold.
 
@@ -148,9 +182,13 @@ def cross_validate(
         train_actors = [a for a in rest if a not in val_actors]
         if str(k) not in done:
             log(f"fold {k + 1}/{len(folds)}: test actors {test_actors}, validation {val_actors}")
-            model, history = fit(training.for_actors(train_actors), data.for_actors(val_actors), features, config, log)
+            train = [variant.for_actors(train_actors) for variant in training]
+            model, history = fit(train, data.for_actors(val_actors), config, log)
+            fold_model = fold_model_path(checkpoint, k)
+            fold_model.parent.mkdir(parents=True, exist_ok=True)
+            model.save(fold_model)
             test = data.for_actors(test_actors)
-            probabilities = clip_probabilities(_predict(model, test.windows), test)
+            probabilities = clip_probabilities(_predict(model, test.normalized(_eval_normalization(config))), test)
             done[str(k)] = {
                 "test_actors": test_actors,
                 "validation_actors": val_actors,
@@ -168,7 +206,8 @@ def cross_validate(
         predicted_all += fold["predicted"]
     fold_ua = [done[str(k)]["metrics"]["unweighted_accuracy"] for k in range(len(folds))]
     return {
-        "protocol": f"{len(folds)}-fold leave-actors-out, clip level (mean of window probabilities)",
+        "protocol": f"{len(folds)}-fold leave-actors-out, clip level (mean of window probabilities), "
+        f"test clips normalised per {_eval_normalization(config)}",
         "mean_ua": float(np.mean(fold_ua)),
         "std_ua": float(np.std(fold_ua)),
         "pooled": classification_metrics(np.array(true_all), np.array(predicted_all)),
@@ -177,6 +216,16 @@ def cross_validate(
             for k in range(len(folds))
         ],
     }
+
+
+def fold_model_path(checkpoint: Path, fold: int) -> Path:
+    """Where :func:`cross_validate` keeps fold ``fold``'s (0-based) model."""
+    return checkpoint.with_suffix("") / f"fold-{fold}.keras"
+
+
+def _eval_normalization(config: TrainConfig) -> str:
+    """How held-out clips are normalised for a model trained with ``config``: over their actor, or not."""
+    return "speaker" if config.normalization == "speaker" else "none"
 
 
 def training_card(
@@ -194,6 +243,7 @@ def training_card(
         version=__version__,
         labels=list(EMOTIONS),
         features=features.to_dict(),
+        normalization=config.normalization,
         training={
             "data": "RAVDESS speech (Livingstone & Russo 2018, CC BY-NC-SA 4.0)",
             "data_sha256": data_sha256,
@@ -250,7 +300,9 @@ class _EpochLog(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
         if self.validation is not None:
-            metrics = evaluate_windows(lambda w: _predict(self.model, w), self.validation)
+            metrics = evaluate_windows(
+                lambda w: _predict(self.model, w), self.validation, _eval_normalization(self.config)
+            )
             logs["val_ua"] = metrics["unweighted_accuracy"]
             logs["val_accuracy"] = metrics["accuracy"]
         entry = {"epoch": epoch + 1, "seconds": round(time.monotonic() - self.started, 1)}
@@ -269,54 +321,127 @@ class _EpochLog(keras.callbacks.Callback):
         return {"best_epoch": best, "epochs_run": len(self.epochs), "epochs": self.epochs}
 
 
-class _AugmentedBatches(keras.utils.PyDataset):
-    """Shuffled, class-weighted, optionally augmented training batches."""
+class _TrainingBatches(keras.utils.PyDataset):
+    """Shuffled, class-weighted training batches, redrawn each epoch.
 
-    def __init__(self, windows, labels, weights, mean, c0_per_db: float, config: TrainConfig):
+    Each epoch, every clip is taken clean or as one of its degraded variants at
+    random, and (``speaker`` normalisation) each actor's clips are split at random
+    into groups that are standardised together: the whole actor half of the time,
+    else groups of random sizes down to single clips.
+    """
+
+    def __init__(self, variants: list[WindowSet], config: TrainConfig):
         super().__init__()
-        self.windows, self.labels, self.weights, self.mean = windows, labels, weights.astype(np.float32), mean
-        self.c0_per_db, self.config = c0_per_db, config
+        self.config = config
+        self.clips = variants[0].clips
+        self.windows = np.concatenate([v.windows for v in variants])
+        self.clip_of = np.concatenate([v.clip_index for v in variants])
+        self.variant_of = np.repeat(np.arange(len(variants)), [len(v.windows) for v in variants])
+        self.stats = np.stack([v.clip_stats for v in variants])  # (variants, clips, 3, coeffs)
+        labels = variants[0].clip_labels
+        class_weight = len(labels) / (len(EMOTIONS) * np.maximum(np.bincount(labels, minlength=len(EMOTIONS)), 1))
+        self.labels, self.weights = labels, class_weight[labels].astype(np.float32)
         self.rng = np.random.default_rng(config.seed)
-        self.order = self.rng.permutation(len(windows))
-
-    def __len__(self):
-        return math.ceil(len(self.windows) / self.config.batch_size)
-
-    def __getitem__(self, index):
-        rows = self.order[index * self.config.batch_size : (index + 1) * self.config.batch_size]
-        x = self.windows[rows].copy()
-        if self.config.augment:
-            augment(x, self.mean, self.c0_per_db, self.rng)
-        return x[..., None], self.labels[rows], self.weights[rows]
+        self.on_epoch_end()
 
     def on_epoch_end(self):
-        self.order = self.rng.permutation(len(self.windows))
+        variant = self.rng.integers(0, len(self.stats), len(self.clips))
+        self.rows = self.rng.permutation(np.flatnonzero(variant[self.clip_of] == self.variant_of))
+        self.mean = np.zeros((len(self.clips), self.windows.shape[2]), np.float32)
+        self.std = np.ones_like(self.mean)
+        if self.config.normalization == "speaker":
+            stats = self.stats[variant, np.arange(len(self.clips))]
+            for group in self._groups():
+                pooled = FrameStats.from_array(stats[group])
+                self.mean[group], self.std[group] = pooled.mean, pooled.std
+
+    def _groups(self) -> list[np.ndarray]:
+        """Random groups of one actor's clips (indices), covering every clip once."""
+        actors = np.array([clip.actor for clip in self.clips])
+        groups = []
+        for actor in np.unique(actors):
+            members = self.rng.permutation(np.flatnonzero(actors == actor))
+            if self.rng.random() < 0.5:
+                groups.append(members)
+                continue
+            while len(members):
+                size = self.rng.integers(1, len(members) + 1)
+                groups.append(members[:size])
+                members = members[size:]
+        return groups
+
+    def __len__(self):
+        return math.ceil(len(self.rows) / self.config.batch_size)
+
+    def __getitem__(self, index):
+        rows = self.rows[index * self.config.batch_size : (index + 1) * self.config.batch_size]
+        clips = self.clip_of[rows]
+        x = (self.windows[rows] - self.mean[clips][:, None]) / self.std[clips][:, None]
+        if self.config.spec_augment:
+            spec_augment(x, self.rng)
+        return x[..., None], self.labels[clips], self.weights[clips]
+
+    def normalized_sample(self, size: int = 4096) -> np.ndarray:
+        """Up to ``size`` normalised training windows, for the model's input statistics."""
+        rows = self.rows[:size]
+        clips = self.clip_of[rows]
+        return (self.windows[rows] - self.mean[clips][:, None]) / self.std[clips][:, None]
 
 
-def augment(windows: np.ndarray, mean: np.ndarray, c0_per_db: float, rng: np.random.Generator) -> None:
-    """Augment a batch of MFCC windows in place.
+def spec_augment(windows: np.ndarray, rng: np.random.Generator) -> None:
+    """SpecAugment in place: two time masks of up to 10 frames and one mask of up to 4 coefficients.
 
-    Random gain of +/- 6 dB, which for orthonormal MFCCs is exactly a shift of
-    coefficient 0 by ``gain_db * sqrt(n_mels)``, then SpecAugment: two time masks
-    of up to 10 frames and one mask of up to 4 coefficients, filled with the
-    training mean.
+    Masks are filled with each window's own mean over frames, so they carry no
+    level information.
 
     Parameters
     ----------
     windows : np.ndarray, shape (batch, frames, coeffs)
-    mean : np.ndarray, shape (coeffs,)
-    c0_per_db : float
-        ``sqrt(n_mels)``: how far coefficient 0 moves per dB of gain.
     rng : np.random.Generator
     """
     batch, frames, coeffs = windows.shape
-    windows[:, :, 0] += rng.uniform(-6.0, 6.0, size=(batch, 1)) * c0_per_db
     for i in range(batch):
+        fill = windows[i].mean(axis=0)
         for _ in range(2):
             width, start = rng.integers(0, 11), rng.integers(0, frames)
-            windows[i, start : start + width] = mean
+            windows[i, start : start + width] = fill
         width, start = rng.integers(0, 5), rng.integers(0, coeffs)
-        windows[i, :, start : start + width] = mean[start : start + width]
+        windows[i, :, start : start + width] = fill[start : start + width]
+
+
+def degraded_variants(
+    clips: list[RavdessClip],
+    features: FeatureConfig,
+    vad: VadConfig,
+    config: TrainConfig,
+    cache: Path | None,
+    augment: AugmentConfig = AugmentConfig(),
+    log: Log = lambda _: None,
+) -> list[ClipFeatures]:
+    """Features of ``config.variants`` randomly degraded copies of every clip (multi-condition training).
+
+    Copy ``v`` of clip ``i`` is seeded by ``(config.seed, v, i)``. Babble noise is
+    made of other clips of the same actor and of the actor 10 numbers away: both
+    always fall in the same fold of a 2- or 5-fold split of actors 1-20
+    (:func:`sercli.datasets.actor_folds`), so no test speaker is heard in training.
+    """
+    if not config.variants:
+        return []
+    signals = [np.concatenate(list(iter_audio(clip.path, features.sample_rate))) for clip in clips]
+    actors = np.array([clip.actor for clip in clips])
+    partners = [np.flatnonzero(((actors - clip.actor) % 10 == 0) & (np.arange(len(clips)) != i)) for i, clip in enumerate(clips)]
+    variants = []
+    for v in range(1, config.variants + 1):
+
+        def degrade(signal: np.ndarray, index: int, v: int = v) -> np.ndarray:
+            rng = np.random.default_rng([config.seed, v, index])
+            sources = [signals[j] for j in rng.choice(partners[index], size=min(8, len(partners[index])), replace=False)]
+            return random_degradation(signal, features.sample_rate, rng, sources, augment)
+
+        log(f"degraded copy {v}/{config.variants} of {len(clips)} clips")
+        key = {"variant": v, "seed": config.seed, "augment": asdict(augment)}
+        variants.append(cached_features(cache, key, clips, features, vad, degrade, log))
+    return variants
 
 
 def train_ravdess(
@@ -327,6 +452,7 @@ def train_ravdess(
     config: TrainConfig,
     validation_actors: list[int],
     cv_folds: int,
+    cache: Path | None = None,
     log: Log = lambda _: None,
 ) -> ModelCard:
     """Train a model on a RAVDESS-layout folder and save it with its card.
@@ -344,7 +470,10 @@ def train_ravdess(
     cv_folds : int
         0 for none, else leave-actors-out cross-validation with this many folds
         first; its figures go into the card. Finished folds are checkpointed in
-        ``output`` + ``.cv.json`` until the model is saved.
+        ``output`` + ``.cv.json`` until the model is saved; the fold models stay in
+        ``output`` + ``.cv/`` for the robustness benchmark.
+    cache : Path, optional
+        Folder keeping the clips' features (clean and degraded) between runs.
 
     Returns
     -------
@@ -353,33 +482,38 @@ def train_ravdess(
     """
     clips = find_ravdess_clips(root)
     output.parent.mkdir(parents=True, exist_ok=True)
-    data = extract_windows(clips, features, vad, log)
-    training = extract_windows(clips, replace(features, window_hop_frames=config.window_hop_frames), vad)
+    clean = cached_features(cache, {"variant": 0}, clips, features, vad, log=log)
+    copies = degraded_variants(clips, features, vad, config, cache, log=log)
+    data = clean.windows(features.window_frames, features.window_hop_frames)
+    training = [f.windows(features.window_frames, config.window_hop_frames) for f in [clean, *copies]]
     actors = sorted({clip.actor for clip in data.clips})
     unknown = sorted(set(validation_actors) - set(actors))
     if unknown:
         raise ValueError(f"validation actors {unknown} have no clips under {root}")
-    log(f"{len(data.clips)} clips, {len(training.windows)} training windows, actors {actors}")
+    log(f"{len(clips)} clips, {len(training[0].windows)} training windows x {len(training)} variants, actors {actors}")
     metrics = {}
     if cv_folds:
         checkpoint = output.with_name(output.name + ".cv.json")
         metrics["cross_validation"] = cross_validate(
-            training, data, actor_folds(actors, cv_folds), features, config, checkpoint, log
+            training, data, actor_folds(actors, cv_folds), config, checkpoint, log
         )
         if not validation_actors:
             best = [fold["best_epoch"] for fold in metrics["cross_validation"]["folds"]]
             config = replace(config, epochs=int(np.median(best)))
-    train = training.for_actors([a for a in actors if a not in validation_actors])
+    train_actors = [a for a in actors if a not in validation_actors]
+    train = [variant.for_actors(train_actors) for variant in training]
     validation = data.for_actors(validation_actors) if validation_actors else None
-    log(f"final model: training on actors {sorted({c.actor for c in train.clips})} for up to {config.epochs} epochs")
-    model, history = fit(train, validation, features, config, log)
+    log(f"final model: training on actors {train_actors} for up to {config.epochs} epochs")
+    model, history = fit(train, validation, config, log)
+    normalization = _eval_normalization(config)
     if validation is not None:
-        metrics["validation"] = evaluate_windows(lambda w: _predict(model, w), validation)
-    card = training_card(output.stem, features, vad, config, train, validation_actors, data_digest(data.clips))
+        metrics["validation"] = evaluate_windows(lambda w: _predict(model, w), validation, normalization)
+    card = training_card(output.stem, features, vad, config, train[0], validation_actors, data_digest(clips))
     card.training["epochs_run"] = history["epochs_run"]
     card.training["best_epoch"] = history["best_epoch"]
     card.metrics = metrics
-    save_model(model, output, card, data.windows[:: max(1, len(data.windows) // 512)])
+    check = data.normalized(normalization)
+    save_model(model, output, card, check[:: max(1, len(check) // 512)])
     if cv_folds:
         checkpoint.unlink(missing_ok=True)
     return card
