@@ -49,7 +49,7 @@ def main() -> None:
     for name in args.option:
         config = replace(OPTIONS[name], seed=args.seed, epochs=args.epochs)
         started = time.monotonic()
-        copies = degraded_variants(clips, features, vad, config, cache, log=print)
+        copies = degraded_variants(clips, features, vad, config, cache, folds, log=print)
         training = [f.windows(features.window_frames, config.window_hop_frames) for f in [clean, *copies]]
         checkpoint = args.runs / f"{name}-seed{args.seed}-{args.folds}fold.cv.json"
         results[name] = cross_validate(training, data, folds, config, checkpoint, log=lambda m: print(name, m, flush=True))

@@ -6,7 +6,8 @@ Each function is a pure function of a mono float signal (full scale 1) at
 The robustness benchmark applies them one at a time (:data:`CONDITIONS`);
 multi-condition training draws a random chain of them per clip
 (:func:`random_degradation`). Codecs run through libsndfile (soundfile), rooms
-are simulated with pyroomacoustics (imported only when a room is asked for).
+are simulated with pyroomacoustics (imported only when a room is asked for, each
+room made once per process).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import scipy.signal
@@ -86,24 +88,43 @@ def lossy_codec(signal: np.ndarray, sample_rate: int, codec: str = "mp3") -> np.
     return np.resize(decoded, len(signal)).astype(np.float32)
 
 
-def reverberate(signal: np.ndarray, sample_rate: int, rt60_s: float, rng: np.random.Generator) -> np.ndarray:
-    """The signal heard in a simulated shoebox room with reverberation time ``rt60_s`` seconds.
+def room_impulse_responses(sample_rate: int, rt60_s: float, rooms: int = 8, seed: int = 0) -> list[np.ndarray]:
+    """Impulse responses of ``rooms`` simulated shoebox rooms with reverberation time ``rt60_s`` seconds.
 
-    Room size, talker and microphone positions are drawn from ``rng``; the room
-    impulse response comes from pyroomacoustics' image-source method. The
-    result keeps the signal's length and power.
+    Room sizes, talker and microphone positions are drawn from a generator seeded
+    by ``(seed, rt60 in ms)``; the responses come from pyroomacoustics'
+    image-source method (no order cap, so the decay really lasts ``rt60_s``). A
+    0.9 s room takes 1-2 s to simulate, so the responses are made once per
+    process and reused (:func:`reverberate` draws among them).
     """
+    return list(_room_bank(sample_rate, round(rt60_s * 1000), rooms, seed))
+
+
+@lru_cache(maxsize=64)
+def _room_bank(sample_rate: int, rt60_ms: int, rooms: int, seed: int) -> tuple[np.ndarray, ...]:
     import pyroomacoustics as pra
 
-    size = rng.uniform([3.0, 3.0, 2.4], [8.0, 6.0, 3.2])
-    absorption, max_order = pra.inverse_sabine(rt60_s, size)
-    room = pra.ShoeBox(size, fs=sample_rate, materials=pra.Material(absorption), max_order=min(max_order, 12))
-    talker = rng.uniform(0.5, size - 0.5)
-    microphone = rng.uniform(0.5, size - 0.5)
-    room.add_source(talker)
-    room.add_microphone(microphone)
-    room.compute_rir()
-    response = np.asarray(room.rir[0][0], dtype=np.float64)
+    rng = np.random.default_rng([seed, rt60_ms])
+    responses = []
+    for _ in range(rooms):
+        size = rng.uniform([3.0, 3.0, 2.4], [8.0, 6.0, 3.2])
+        absorption, max_order = pra.inverse_sabine(rt60_ms / 1000, size)
+        room = pra.ShoeBox(size, fs=sample_rate, materials=pra.Material(absorption), max_order=max_order)
+        room.add_source(rng.uniform(0.5, size - 0.5))
+        room.add_microphone(rng.uniform(0.5, size - 0.5))
+        room.compute_rir()
+        responses.append(np.asarray(room.rir[0][0], dtype=np.float64))
+    return tuple(responses)
+
+
+def reverberate(signal: np.ndarray, sample_rate: int, rt60_s: float, rng: np.random.Generator) -> np.ndarray:
+    """The signal heard in a simulated room with reverberation time ``rt60_s`` seconds.
+
+    The room is drawn from ``rng`` among :func:`room_impulse_responses` (RT60
+    rounded to 0.1 s). The result keeps the signal's length and power.
+    """
+    responses = room_impulse_responses(sample_rate, round(rt60_s, 1))
+    response = responses[rng.integers(len(responses))]
     wet = scipy.signal.fftconvolve(signal, response)[: len(signal)]
     power = signal_power(wet)
     return (wet * np.sqrt(signal_power(signal) / power) if power > 0 else wet).astype(np.float32)

@@ -78,12 +78,14 @@ def find_ravdess_clips(root: str | Path) -> list[RavdessClip]:
 
 
 def actor_folds(actors: list[int], n_folds: int) -> list[list[int]]:
-    """Split actors into ``n_folds`` groups, each as balanced in sex as the order allows.
+    """Split actors into ``n_folds`` groups, each as balanced in sex as the numbers allow.
 
-    Actors are dealt round-robin after sorting, so with 20 actors and 5 folds fold
-    ``k`` holds actors ``k+1, k+6, k+11, k+16``: two male (odd) and two female.
+    Male (odd) actors, then female (even) ones, are dealt round-robin, so with 20
+    actors and 2 folds each fold holds 5 men and 5 women, and with 5 folds fold
+    ``k`` holds actors ``2k+1, 2k+11, 2k+2, 2k+12``.
     """
     ordered = sorted(set(actors))
     if not 2 <= n_folds <= len(ordered):
         raise ValueError(f"cannot make {n_folds} folds from {len(ordered)} actors")
-    return [ordered[k::n_folds] for k in range(n_folds)]
+    men_then_women = [a for a in ordered if a % 2] + [a for a in ordered if a % 2 == 0]
+    return [sorted(men_then_women[k::n_folds]) for k in range(n_folds)]

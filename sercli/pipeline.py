@@ -310,7 +310,7 @@ class _HeldWindows:
     recording normalised as a whole still annotates in flat memory.
     """
 
-    def __init__(self, n_coeffs: int, memory_bytes: int = HELD_WINDOWS_BYTES):
+    def __init__(self, n_coeffs: int, memory_bytes: int):
         self.memory_bytes, self.held_bytes = memory_bytes, 0
         self.stats = FrameStats.empty(n_coeffs)
         self.parts: list[tuple[_Recording, int, np.ndarray | None]] = []
@@ -355,7 +355,7 @@ def _annotate_in_order(
     cut_count = 0
     jobs: deque[tuple[Future, list[tuple[_Recording, int, int]]]] = deque()
     inference = ThreadPoolExecutor(1, thread_name_prefix="inference")
-    group, folder = _HeldWindows(features.n_mfcc), None
+    group, folder = _HeldWindows(features.n_mfcc, HELD_WINDOWS_BYTES), None
 
     def send() -> None:
         nonlocal cut_count

@@ -150,7 +150,7 @@ def cross_validate(
     """Leave-actors-out cross-validation.
 
     For each fold, its actors are the test set; of the remaining actors the two
-    highest-numbered (one male, one female when possible) are the early-stopping
+    highest-numbered (one male, one female, when two actors are left to train on) are the early-stopping
     validation set and the rest are trained on. Finished folds are stored in the
     JSON file ``checkpoint``, and each fold's model beside it
     (``<checkpoint stem>/fold-<k>.keras``, kept for the robustness benchmark), so
@@ -178,7 +178,7 @@ def cross_validate(
     true_all, predicted_all = [], []
     for k, test_actors in enumerate(folds):
         rest = sorted({clip.actor for clip in data.clips} - set(test_actors))
-        val_actors = _one_of_each_sex(rest)
+        val_actors = _validation_actors(rest)
         train_actors = [a for a in rest if a not in val_actors]
         if str(k) not in done:
             log(f"fold {k + 1}/{len(folds)}: test actors {test_actors}, validation {val_actors}")
@@ -275,10 +275,12 @@ def data_digest(clips: list[RavdessClip]) -> str:
     return digest.hexdigest()
 
 
-def _one_of_each_sex(actors: list[int]) -> list[int]:
-    """The highest-numbered male (odd) and female (even) actor of a list."""
+def _validation_actors(actors: list[int]) -> list[int]:
+    """The highest-numbered male (odd) and female (even) actor of a list; only the highest-numbered
+    one when that would leave fewer than two actors to train on."""
     odd, even = [a for a in actors if a % 2], [a for a in actors if a % 2 == 0]
-    return sorted([group[-1] for group in (odd, even) if group])
+    chosen = sorted([group[-1] for group in (odd, even) if group])
+    return chosen if len(actors) - len(chosen) >= 2 else chosen[-1:]
 
 
 def _predict(model, windows: np.ndarray) -> np.ndarray:
@@ -321,13 +323,19 @@ class _EpochLog(keras.callbacks.Callback):
         return {"best_epoch": best, "epochs_run": len(self.epochs), "epochs": self.epochs}
 
 
+MIN_GROUP_CLIPS = 8
+"""Smallest group of an actor's clips normalised together in training (a lone remainder may be smaller)."""
+
+
 class _TrainingBatches(keras.utils.PyDataset):
     """Shuffled, class-weighted training batches, redrawn each epoch.
 
     Each epoch, every clip is taken clean or as one of its degraded variants at
     random, and (``speaker`` normalisation) each actor's clips are split at random
     into groups that are standardised together: the whole actor half of the time,
-    else groups of random sizes down to single clips.
+    else groups of random sizes down to :data:`MIN_GROUP_CLIPS` clips (about 25 s
+    of speech, a short recording). An epoch has as many windows as the clean
+    clips have (the variants' counts differ a little).
     """
 
     def __init__(self, variants: list[WindowSet], config: TrainConfig):
@@ -342,11 +350,13 @@ class _TrainingBatches(keras.utils.PyDataset):
         class_weight = len(labels) / (len(EMOTIONS) * np.maximum(np.bincount(labels, minlength=len(EMOTIONS)), 1))
         self.labels, self.weights = labels, class_weight[labels].astype(np.float32)
         self.rng = np.random.default_rng(config.seed)
+        self.epoch_windows = len(variants[0].windows)
         self.on_epoch_end()
 
     def on_epoch_end(self):
         variant = self.rng.integers(0, len(self.stats), len(self.clips))
-        self.rows = self.rng.permutation(np.flatnonzero(variant[self.clip_of] == self.variant_of))
+        chosen = self.rng.permutation(np.flatnonzero(variant[self.clip_of] == self.variant_of))
+        self.rows = np.resize(chosen, self.epoch_windows)
         self.mean = np.zeros((len(self.clips), self.windows.shape[2]), np.float32)
         self.std = np.ones_like(self.mean)
         if self.config.normalization == "speaker":
@@ -365,7 +375,7 @@ class _TrainingBatches(keras.utils.PyDataset):
                 groups.append(members)
                 continue
             while len(members):
-                size = self.rng.integers(1, len(members) + 1)
+                size = self.rng.integers(min(MIN_GROUP_CLIPS, len(members)), len(members) + 1)
                 groups.append(members[:size])
                 members = members[size:]
         return groups
@@ -415,31 +425,36 @@ def degraded_variants(
     vad: VadConfig,
     config: TrainConfig,
     cache: Path | None,
+    folds: list[list[int]],
     augment: AugmentConfig = AugmentConfig(),
     log: Log = lambda _: None,
 ) -> list[ClipFeatures]:
     """Features of ``config.variants`` randomly degraded copies of every clip (multi-condition training).
 
-    Copy ``v`` of clip ``i`` is seeded by ``(config.seed, v, i)``. Babble noise is
-    made of other clips of the same actor and of the actor 10 numbers away: both
-    always fall in the same fold of a 2- or 5-fold split of actors 1-20
-    (:func:`sercli.datasets.actor_folds`), so no test speaker is heard in training.
+    Copy ``v`` of clip ``i`` is seeded by ``(config.seed, v, i)``. Babble noise for
+    a clip is made of the clips of the other actors in its fold (``folds``: the
+    cross-validation's test actors), so a fold's training clips never carry a
+    test speaker's voice, even as noise.
     """
     if not config.variants:
         return []
     signals = [np.concatenate(list(iter_audio(clip.path, features.sample_rate))) for clip in clips]
     actors = np.array([clip.actor for clip in clips])
-    partners = [np.flatnonzero(((actors - clip.actor) % 10 == 0) & (np.arange(len(clips)) != i)) for i, clip in enumerate(clips)]
+    fold_of = {actor: k for k, fold in enumerate(folds) for actor in fold}
+    partners = [
+        np.flatnonzero([fold_of[a] == fold_of[clip.actor] and a != clip.actor for a in actors]) for clip in clips
+    ]
     variants = []
     for v in range(1, config.variants + 1):
 
         def degrade(signal: np.ndarray, index: int, v: int = v) -> np.ndarray:
             rng = np.random.default_rng([config.seed, v, index])
-            sources = [signals[j] for j in rng.choice(partners[index], size=min(8, len(partners[index])), replace=False)]
+            chosen = rng.choice(partners[index], size=min(8, len(partners[index])), replace=False)
+            sources = [signals[j] for j in chosen]
             return random_degradation(signal, features.sample_rate, rng, sources, augment)
 
         log(f"degraded copy {v}/{config.variants} of {len(clips)} clips")
-        key = {"variant": v, "seed": config.seed, "augment": asdict(augment)}
+        key = {"variant": v, "seed": config.seed, "augment": asdict(augment), "babble_folds": folds}
         variants.append(cached_features(cache, key, clips, features, vad, degrade, log))
     return variants
 
@@ -482,11 +497,12 @@ def train_ravdess(
     """
     clips = find_ravdess_clips(root)
     output.parent.mkdir(parents=True, exist_ok=True)
+    actors = sorted({clip.actor for clip in clips})
+    folds = actor_folds(actors, cv_folds) if cv_folds else [actors]
     clean = cached_features(cache, {"variant": 0}, clips, features, vad, log=log)
-    copies = degraded_variants(clips, features, vad, config, cache, log=log)
+    copies = degraded_variants(clips, features, vad, config, cache, folds, log=log)
     data = clean.windows(features.window_frames, features.window_hop_frames)
     training = [f.windows(features.window_frames, config.window_hop_frames) for f in [clean, *copies]]
-    actors = sorted({clip.actor for clip in data.clips})
     unknown = sorted(set(validation_actors) - set(actors))
     if unknown:
         raise ValueError(f"validation actors {unknown} have no clips under {root}")
@@ -494,9 +510,7 @@ def train_ravdess(
     metrics = {}
     if cv_folds:
         checkpoint = output.with_name(output.name + ".cv.json")
-        metrics["cross_validation"] = cross_validate(
-            training, data, actor_folds(actors, cv_folds), config, checkpoint, log
-        )
+        metrics["cross_validation"] = cross_validate(training, data, folds, config, checkpoint, log)
         if not validation_actors:
             best = [fold["best_epoch"] for fold in metrics["cross_validation"]["folds"]]
             config = replace(config, epochs=int(np.median(best)))

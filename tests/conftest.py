@@ -10,12 +10,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import soxr
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
-def make_random_model(folder: Path, name: str = "random") -> Path:
-    """An untrained CNN-BiLSTM with a valid card, saved as ``folder/name.keras``."""
+def make_random_model(folder: Path, name: str = "random", normalization: str = "none") -> Path:
+    """An untrained CNN-BiLSTM with a valid card, saved as ``folder/name.keras``.
+
+    ``normalization`` ``speaker``: the card says it takes standardised MFCCs (its input
+    layer then expects mean 0 and standard deviation 1).
+    """
     import keras
 
     from sercli import EMOTIONS
@@ -24,8 +29,11 @@ def make_random_model(folder: Path, name: str = "random") -> Path:
 
     keras.utils.set_random_seed(1)
     config = FeatureConfig()
-    model = build_cnn_bilstm(np.full(config.n_mfcc, -10.0), np.full(config.n_mfcc, 50.0))
-    card = ModelCard(name=name, version="test", labels=list(EMOTIONS), features=config.to_dict())
+    normalized = normalization != "none"
+    model = build_cnn_bilstm(np.full(config.n_mfcc, 0.0 if normalized else -10.0), np.full(config.n_mfcc, 1.0 if normalized else 50.0))
+    card = ModelCard(
+        name=name, version="test", labels=list(EMOTIONS), features=config.to_dict(), normalization=normalization
+    )
     path = folder / f"{name}.keras"
     noise = np.random.default_rng(0).normal(0, 0.1, 5 * config.sample_rate).astype(np.float32)
     save_model(model, path, card, signal_windows(noise, config))
@@ -35,6 +43,12 @@ def make_random_model(folder: Path, name: str = "random") -> Path:
 @pytest.fixture(scope="session")
 def random_model(tmp_path_factory) -> Path:
     return make_random_model(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture(scope="session")
+def normalized_model(tmp_path_factory) -> Path:
+    """A random model whose card says it was trained on speaker-normalised MFCCs (LiteRT export)."""
+    return make_random_model(tmp_path_factory.mktemp("model"), "normalized", "speaker").with_suffix(".tflite")
 
 
 def speak(text: str, path: Path, voice: str = "en-us", speed: int = 150) -> np.ndarray:
@@ -75,3 +89,23 @@ def speech_with_silences(utterances: list[np.ndarray], silence_s: float = 1.0, l
         cursor += len(utterance) / ESPEAK_RATE + silence_s
         pieces.append(np.zeros(int(silence_s * ESPEAK_RATE), np.float32))
     return np.concatenate(pieces), spans
+
+
+@pytest.fixture(scope="session")
+def ravdess(tmp_path_factory):
+    """4 actors x 8 emotions of espeak speech: actors 1-2 as 48 kHz WAV, 3-4 as 16 kHz FLAC."""
+    root = tmp_path_factory.mktemp("ravdess")
+    voices = {1: "en-us", 2: "en-gb", 3: "en-us", 4: "en-gb"}
+    for actor, voice in voices.items():
+        folder = root / f"Actor_{actor:02d}"
+        folder.mkdir()
+        for emotion in range(1, 9):
+            speed = 100 + 15 * emotion
+            signal = speak("Kids are talking by the door.", root / "tmp.wav", voice=voice, speed=speed)
+            name = f"03-01-{emotion:02d}-01-01-01-{actor:02d}"
+            if actor <= 2:
+                sf.write(folder / f"{name}.wav", soxr.resample(signal, ESPEAK_RATE, 48000), 48000, subtype="PCM_16")
+            else:
+                sf.write(folder / f"{name}.flac", soxr.resample(signal, ESPEAK_RATE, 16000), 16000)
+    (root / "tmp.wav").unlink()
+    return root

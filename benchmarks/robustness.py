@@ -1,0 +1,81 @@
+"""Robustness benchmark: clip-level UA on unseen actors under degraded conditions, models side by side.
+
+Scores the fold models of leave-actors-out cross-validations (``<model>.cv/fold-<k>.keras``,
+as ``sercli train --cv-folds N`` or ``benchmarks/training_options.py`` leave them)
+and the openSMILE + logistic-regression baseline under the same folds, on every
+condition of ``sercli.augment.CONDITIONS``:
+
+    python benchmarks/robustness.py ../shared/ravdess --folds 5 \\
+        --cnn bundled=models/sercli-cnn-bilstm.keras.cv --baseline --cache runs/cache
+
+Prints one Markdown table (rows: conditions; columns: systems), per-class recall
+with ``--per-class``, and writes every figure as JSON with ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from sercli.augment import CONDITIONS
+from sercli.datasets import actor_folds, find_ravdess_clips
+from sercli.features import FeatureConfig
+from sercli.robustness import CnnFolds, OpenSmileBaseline, format_table, robustness_table
+from sercli.vad import VadConfig
+
+
+def keras_predictors(folder: Path, folds: int) -> list:
+    """One batched predict function per fold model in ``folder``."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+
+    models = [keras.models.load_model(folder / f"fold-{k}.keras", compile=False) for k in range(folds)]
+    return [lambda w, m=m: m.predict(w[..., None], batch_size=256, verbose=0) for m in models]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("ravdess", type=Path)
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument(
+        "--cnn",
+        action="append",
+        default=[],
+        metavar="NAME=FOLDER[:NORMALIZATION]",
+        help="fold models of a cross-validation; normalisation speaker (default), recording or none",
+    )
+    parser.add_argument("--baseline", action="store_true", help="add openSMILE eGeMAPS + LogReg, per speaker and global")
+    parser.add_argument("--condition", action="append", choices=sorted(CONDITIONS), help="default: all")
+    parser.add_argument("--cache", type=Path, help="folder keeping degraded features between runs")
+    parser.add_argument("--per-class", action="store_true")
+    parser.add_argument("--json", type=Path, help="write all metrics here")
+    args = parser.parse_args()
+
+    features, vad = FeatureConfig(), VadConfig()
+    clips = find_ravdess_clips(args.ravdess)
+    folds = actor_folds(sorted({c.actor for c in clips}), args.folds)
+    systems = []
+    loaded: dict[str, list] = {}
+    for spec in args.cnn:
+        name, _, target = spec.partition("=")
+        folder, _, normalization = target.partition(":")
+        predictors = loaded.setdefault(folder, keras_predictors(Path(folder), args.folds))
+        systems.append(CnnFolds(name, predictors, features, normalization or "speaker"))
+    if args.baseline:
+        systems.append(OpenSmileBaseline("openSMILE per speaker", per_speaker=True, cache=args.cache))
+        systems.append(OpenSmileBaseline("openSMILE global", per_speaker=False, cache=args.cache))
+    conditions = args.condition or list(CONDITIONS)
+    table = robustness_table(
+        systems, clips, folds, conditions, features, vad, cache=args.cache, log=lambda m: print(m, file=sys.stderr)
+    )
+    print(f"{args.folds}-fold leave-actors-out over actors {sorted({c.actor for c in clips})}, clip-level UA\n")
+    print(format_table(table, args.per_class))
+    if args.json:
+        args.json.write_text(json.dumps(table, indent=1))
+
+
+if __name__ == "__main__":
+    main()

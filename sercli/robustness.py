@@ -1,0 +1,263 @@
+"""The robustness benchmark: how well models label speakers they never heard, under degraded conditions.
+
+Clean labelled clips are degraded one condition at a time (:data:`sercli.augment.CONDITIONS`),
+and every system is scored by leave-actors-out cross-validation: in fold ``k`` it
+was trained on other actors (clean clips) and labels the fold's test actors'
+clips under each condition. Babble is made of the other test actors of the same
+fold. Two kinds of system are compared side by side:
+
+- :class:`CnnFolds`: the CNN-BiLSTM fold models of :func:`sercli.training.cross_validate`,
+  on MFCC windows normalised over each actor's clips (``speaker``), each clip
+  (``recording``) or not at all (``none``);
+- :class:`OpenSmileBaseline`: openSMILE eGeMAPSv02 functionals with a logistic
+  regression, standardised per speaker or globally (``opensmile`` and
+  ``scikit-learn`` are benchmark extras, imported only here).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from sercli.audio import iter_audio
+from sercli.augment import CONDITIONS
+from sercli.datasets import RavdessClip
+from sercli.evaluation import ClipFeatures, Log, cached_features, classification_metrics, clip_probabilities
+from sercli.features import FeatureConfig
+from sercli.vad import VadConfig
+
+
+@dataclass
+class ConditionData:
+    """All clips under one condition.
+
+    Attributes
+    ----------
+    name : str
+        The condition (a key of :data:`sercli.augment.CONDITIONS`).
+    clips : list of RavdessClip
+    signals : list of np.ndarray
+        Each clip degraded, mono at ``sample_rate`` Hz.
+    sample_rate : int
+        In Hz.
+    features : ClipFeatures
+        Their MFCC frames, found as ``annotate`` finds them.
+    """
+
+    name: str
+    clips: list[RavdessClip]
+    signals: list[np.ndarray]
+    sample_rate: int
+    features: ClipFeatures
+
+
+class System(Protocol):
+    """A model family scored by the benchmark."""
+
+    name: str
+
+    def predict(self, fold: int, train: list[int], test: list[int], clean: ConditionData, data: ConditionData) -> np.ndarray:
+        """Emotion indices of the clips ``test`` (indices into ``data.clips``) under ``data``'s condition,
+        by the model of fold ``fold``, which may use the clean clips ``train`` (indices) of ``clean``."""
+
+
+def condition_data(
+    name: str,
+    clips: list[RavdessClip],
+    clean_signals: list[np.ndarray],
+    folds: list[list[int]],
+    features: FeatureConfig,
+    vad: VadConfig,
+    seed: int = 0,
+    cache: Path | None = None,
+) -> ConditionData:
+    """Degrade every clip by condition ``name``; clip ``i`` draws from a generator seeded by ``(seed, i)``.
+
+    Babble for a clip mixes clips of the other actors of its fold (``folds``: test actors of each fold).
+    """
+    fold_of = {actor: k for k, actors in enumerate(folds) for actor in actors}
+    actors = np.array([clip.actor for clip in clips])
+    degrade = CONDITIONS[name]
+    signals = []
+    for i, clip in enumerate(clips):
+        rng = np.random.default_rng([seed, i])
+        others = [a for a in folds[fold_of[clip.actor]] if a != clip.actor]
+        candidates = np.flatnonzero(np.isin(actors, others))
+        chosen = rng.choice(candidates, size=min(8, len(candidates)), replace=False) if len(candidates) else []
+        signals.append(degrade(clean_signals[i], features.sample_rate, rng, [clean_signals[j] for j in chosen]))
+    key = {"condition": name, "seed": seed, "folds": folds}
+    extracted = cached_features(cache, key, clips, features, vad, degrade=lambda _, i: signals[i])
+    return ConditionData(name, clips, signals, features.sample_rate, extracted)
+
+
+def read_signals(clips: Sequence[RavdessClip], sample_rate: int) -> list[np.ndarray]:
+    """Each clip decoded whole, mono at ``sample_rate`` Hz."""
+    return [np.concatenate(list(iter_audio(clip.path, sample_rate))) for clip in clips]
+
+
+def speaker_groups(clips: Sequence[RavdessClip]) -> np.ndarray:
+    """Each clip's actor: the groups of ``speaker`` normalisation."""
+    return np.array([clip.actor for clip in clips])
+
+
+class CnnFolds:
+    """The fold models of a cross-validation (one predict function per fold) on normalised MFCC windows.
+
+    Parameters
+    ----------
+    name : str
+    predictors : list of callable
+        Fold ``k``'s ``windows (n, frames, coeffs) -> probabilities (n, n_labels)``.
+    features : FeatureConfig
+        How windows are cut.
+    normalization : str
+        ``speaker``, ``recording`` or ``none`` (see :meth:`sercli.evaluation.WindowSet.normalized`).
+    """
+
+    def __init__(self, name: str, predictors: list, features: FeatureConfig, normalization: str):
+        self.name, self.predictors, self.features, self.normalization = name, predictors, features, normalization
+        self._windows: dict[str, object] = {}
+
+    def predict(self, fold, train, test, clean, data):
+        if data.name not in self._windows:
+            self._windows[data.name] = data.features.windows(self.features.window_frames, self.features.window_hop_frames)
+        windows = self._windows[data.name]
+        subset = windows.for_actors({data.clips[i].actor for i in test})
+        probabilities = self.predictors[fold](subset.normalized(self.normalization))
+        return clip_probabilities(probabilities, subset).argmax(axis=1)
+
+
+class OpenSmileBaseline:
+    """openSMILE eGeMAPSv02 functionals + logistic regression, trained on clean clips.
+
+    ``per_speaker``: features are standardised over each actor's clips (in
+    training and in test, under the test's condition), else with the training
+    set's global statistics.
+    """
+
+    def __init__(self, name: str, per_speaker: bool, cache: Path | None = None):
+        self.name, self.per_speaker, self.cache = name, per_speaker, cache
+        self._functionals: dict[str, np.ndarray] = {}
+
+    def functionals(self, data: ConditionData) -> np.ndarray:
+        """eGeMAPSv02 functionals of every clip, shape ``(n_clips, 88)``, cached per condition."""
+        if data.name not in self._functionals:
+            path = None if self.cache is None else Path(self.cache) / f"egemaps-{_slug(data.name)}-{len(data.clips)}.npy"
+            if path is not None and path.exists():
+                self._functionals[data.name] = np.load(path)
+            else:
+                # openSMILE's native library corrupts memory beside TensorFlow's or LiteRT's in one
+                # process (malloc aborts seen here): it runs in a fresh process of its own.
+                with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+                    values = pool.submit(egemaps_functionals, data.signals, data.sample_rate).result()
+                self._functionals[data.name] = values
+                if path is not None:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    np.save(path, values)
+        return self._functionals[data.name]
+
+    def _standardized(self, values: np.ndarray, clips: list[RavdessClip], reference: np.ndarray) -> np.ndarray:
+        if not self.per_speaker:
+            return (values - reference.mean(axis=0)) / (reference.std(axis=0) + 1e-9)
+        groups = speaker_groups(clips)
+        out = np.empty_like(values)
+        for group in np.unique(groups):
+            rows = groups == group
+            out[rows] = (values[rows] - values[rows].mean(axis=0)) / (values[rows].std(axis=0) + 1e-9)
+        return out
+
+    def predict(self, fold, train, test, clean, data):
+        from sklearn.linear_model import LogisticRegression
+
+        train_x = self.functionals(clean)[train]
+        train_clips = [clean.clips[i] for i in train]
+        test_clips = [data.clips[i] for i in test]
+        x_train = self._standardized(train_x, train_clips, train_x)
+        x_test = self._standardized(self.functionals(data)[test], test_clips, train_x)
+        labels = np.array([clip.emotion for clip in train_clips])
+        model = LogisticRegression(max_iter=3000, C=0.1, class_weight="balanced")
+        return model.fit(x_train, labels).predict(x_test)
+
+
+def egemaps_functionals(signals: Sequence[np.ndarray], sample_rate: int) -> np.ndarray:
+    """openSMILE eGeMAPSv02 functionals of each signal, shape ``(n_signals, 88)``."""
+    import opensmile
+
+    smile = opensmile.Smile(opensmile.FeatureSet.eGeMAPSv02, opensmile.FeatureLevel.Functionals)
+    return np.stack([smile.process_signal(signal, sample_rate).to_numpy()[0] for signal in signals])
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name)
+
+
+def robustness_table(
+    systems: Sequence[System],
+    clips: list[RavdessClip],
+    folds: list[list[int]],
+    conditions: Sequence[str],
+    features: FeatureConfig,
+    vad: VadConfig,
+    seed: int = 0,
+    cache: Path | None = None,
+    log: Log = lambda _: None,
+) -> dict[str, dict[str, dict]]:
+    """Score every system under every condition by leave-actors-out cross-validation.
+
+    Parameters
+    ----------
+    folds : list of list of int
+        Test actors of each fold; fold ``k``'s systems were trained on the other actors.
+    conditions : sequence of str
+        Keys of :data:`sercli.augment.CONDITIONS`.
+
+    Returns
+    -------
+    dict
+        ``{system name: {condition: metrics}}``, metrics as
+        :func:`sercli.evaluation.classification_metrics` gives them over all folds' test clips.
+    """
+    clean_signals = read_signals(clips, features.sample_rate)
+    clean = condition_data("clean", clips, clean_signals, folds, features, vad, seed, cache)
+    actors = speaker_groups(clips)
+    table: dict[str, dict[str, dict]] = {system.name: {} for system in systems}
+    for condition in conditions:
+        data = clean if condition == "clean" else condition_data(
+            condition, clips, clean_signals, folds, features, vad, seed, cache
+        )
+        for system in systems:
+            true, predicted = [], []
+            for k, test_actors in enumerate(folds):
+                test = np.flatnonzero(np.isin(actors, test_actors))
+                train = np.flatnonzero(~np.isin(actors, test_actors))
+                predicted.append(system.predict(k, train, test, clean, data))
+                true.append(np.array([clips[i].emotion for i in test]))
+            table[system.name][condition] = classification_metrics(np.concatenate(true), np.concatenate(predicted))
+            log(f"{condition:14s} {system.name}: UA {table[system.name][condition]['unweighted_accuracy']:.3f}")
+    return table
+
+
+def format_table(table: dict[str, dict[str, dict]], per_class: bool = False) -> str:
+    """A Markdown table: one row per condition, one column per system, clip-level UA."""
+    systems = list(table)
+    conditions = list(next(iter(table.values())))
+    lines = ["| condition | " + " | ".join(systems) + " |", "|---" * (len(systems) + 1) + "|"]
+    for condition in conditions:
+        cells = [f"{table[s][condition]['unweighted_accuracy']:.3f}" for s in systems]
+        lines.append(f"| {condition} | " + " | ".join(cells) + " |")
+    if per_class:
+        for system in systems:
+            lines += ["", f"per-class recall, {system}:", ""]
+            labels = list(next(iter(table[system].values()))["per_class_recall"])
+            lines += ["| condition | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
+            for condition, metrics in table[system].items():
+                recall = metrics["per_class_recall"]
+                cells = ("-" if recall[label] is None else f"{recall[label]:.2f}" for label in labels)
+                lines.append(f"| {condition} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
