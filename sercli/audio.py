@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,10 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import soxr
+
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1000, 768000
+"""Header sample rates (Hz) outside this range are refused: a corrupt 1 Hz header would turn one
+block into a billion resampled samples."""
 
 BLOCK_FRAMES = 1 << 18
 """Frames (per channel, at the file's own rate) decoded per block: 5.5 s at 48 kHz."""
@@ -62,6 +67,8 @@ def audio_info(path: str | Path) -> AudioInfo:
         raise AudioError("broken symbolic link" if path.is_symlink() else "file not found")
     if path.is_dir():
         raise AudioError("is a directory")
+    if not stat.S_ISREG(path.stat().st_mode):  # opening a FIFO would block until a writer came
+        raise AudioError("not a regular file (a FIFO, socket or device)")
     if not os.access(path, os.R_OK):
         raise AudioError("permission denied")
     try:
@@ -70,6 +77,10 @@ def audio_info(path: str | Path) -> AudioInfo:
         raise AudioError(_cause(error)) from None
     if info.frames <= 0:
         raise AudioError("no audio samples (zero-length audio)")
+    if not MIN_SAMPLE_RATE <= info.samplerate <= MAX_SAMPLE_RATE:
+        raise AudioError(
+            f"header sample rate {info.samplerate} Hz is outside {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz (corrupt header?)"
+        )
     return AudioInfo(info.samplerate, info.channels, info.frames)
 
 

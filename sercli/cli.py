@@ -3,13 +3,14 @@
 Exit status: 0 when every recording was annotated; 1 on a fatal error (bad
 option, missing model, ...); 3 when some recordings failed (each is reported
 on stderr and in ``<output>.errors.csv``) and the rest were written; 130 when
-interrupted (what was done is kept).
+interrupted by Ctrl-C, 143 by SIGTERM, 129 by SIGHUP (what was done is kept).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -205,6 +206,7 @@ def annotate(
         save = sink.save
 
     interrupted = False
+    stopped_by = _stop_on_termination()
     with progress:
         try:
             run()
@@ -217,9 +219,24 @@ def annotate(
     if not quiet:
         console.print(progress.summary(failures, out_path, errors_file))
     if interrupted:
-        raise fail("interrupted; the recordings finished so far are saved (use --resume to go on)", EXIT_INTERRUPTED)
+        code = 128 + stopped_by[0] if stopped_by else EXIT_INTERRUPTED
+        raise fail("interrupted; the recordings finished so far are saved (use --resume to go on)", code)
     if failures:
         raise typer.Exit(EXIT_PARTIAL)
+
+
+def _stop_on_termination() -> list[int]:
+    """Make SIGTERM and SIGHUP (timeout, docker stop, systemd, Slurm, a closed terminal) end a run as
+    Ctrl-C does, saving what is finished; the returned list receives the signal's number."""
+    received: list[int] = []
+
+    def stop(signum, _frame) -> None:
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    for number in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(number, stop)
+    return received
 
 
 def _dask_client(address: str, workers: int):

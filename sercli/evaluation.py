@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from sercli import EMOTIONS
-from sercli.audio import iter_audio
+from sercli.audio import read_audio
 from sercli.datasets import RavdessClip
 from sercli.features import FeatureConfig, mfcc, mfcc_windows
 from sercli.normalization import FrameStats
@@ -158,7 +158,7 @@ def extract_features(
     """
     frames = []
     for index, clip in enumerate(clips):
-        signal = np.concatenate(list(iter_audio(clip.path, features.sample_rate)))
+        signal = read_audio(clip.path, features.sample_rate)
         if degrade is not None:
             signal = degrade(signal, index)
         segments = [f for _, f in segment_frames([signal], features, vad)]

@@ -25,7 +25,7 @@ from typing import Protocol
 
 import numpy as np
 
-from sercli.audio import iter_audio
+from sercli.audio import read_audio
 from sercli.augment import CONDITIONS
 from sercli.datasets import RavdessClip
 from sercli.evaluation import ClipFeatures, Log, cached_features, classification_metrics, clip_probabilities
@@ -94,11 +94,6 @@ def condition_data(
     key = {"condition": name, "seed": seed, "folds": folds}
     extracted = cached_features(cache, key, clips, features, vad, degrade=lambda _, i: signals[i])
     return ConditionData(name, clips, signals, features.sample_rate, extracted)
-
-
-def read_signals(clips: Sequence[RavdessClip], sample_rate: int) -> list[np.ndarray]:
-    """Each clip decoded whole, mono at ``sample_rate`` Hz."""
-    return [np.concatenate(list(iter_audio(clip.path, sample_rate))) for clip in clips]
 
 
 def speaker_groups(clips: Sequence[RavdessClip]) -> np.ndarray:
@@ -223,7 +218,7 @@ def robustness_table(
         ``{system name: {condition: metrics}}``, metrics as
         :func:`sercli.evaluation.classification_metrics` gives them over all folds' test clips.
     """
-    clean_signals = read_signals(clips, features.sample_rate)
+    clean_signals = [read_audio(clip.path, features.sample_rate) for clip in clips]
     clean = condition_data("clean", clips, clean_signals, folds, features, vad, seed, cache)
     actors = speaker_groups(clips)
     table: dict[str, dict[str, dict]] = {system.name: {} for system in systems}

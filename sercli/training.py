@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from sercli import EMOTIONS, __version__
-from sercli.audio import iter_audio
+from sercli.audio import read_audio
 from sercli.augment import AugmentConfig, random_degradation
 from sercli.datasets import RavdessClip, actor_folds, find_ravdess_clips
 from sercli.evaluation import (
@@ -438,7 +438,7 @@ def degraded_variants(
     """
     if not config.variants:
         return []
-    signals = [np.concatenate(list(iter_audio(clip.path, features.sample_rate))) for clip in clips]
+    signals = [read_audio(clip.path, features.sample_rate) for clip in clips]
     actors = np.array([clip.actor for clip in clips])
     fold_of = {actor: k for k, fold in enumerate(folds) for actor in fold}
     partners = [

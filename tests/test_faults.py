@@ -97,6 +97,12 @@ def hostile(tmp_path_factory, speech):
     expect["ünïcødé name with spaces.wav"] = 3
     shutil.copy(folder / "full.wav", folder / "duplicate.wav")
     expect["full.wav"] = expect["duplicate.wav"] = 3
+    header = bytearray(data)
+    header[24:28], header[28:32] = (1).to_bytes(4, "little"), (2).to_bytes(4, "little")  # 1 Hz, 2 bytes/s
+    (folder / "rate_1hz_header.wav").write_bytes(bytes(header))
+    expect["rate_1hz_header.wav"] = "sample rate 1 Hz is outside"
+    os.mkfifo(folder / "fifo.wav")  # opening it would wait forever for a writer
+    expect["fifo.wav"] = "not a regular file"
     yield folder, expect
     os.chmod(folder / "unreadable.wav", 0o644)
 
@@ -178,7 +184,9 @@ def complete(many, random_model, tmp_path_factory):
     return read_results(out)
 
 
-@pytest.mark.parametrize(("stop", "code"), [(signal.SIGKILL, -9), (signal.SIGINT, 130)])
+@pytest.mark.parametrize(
+    ("stop", "code"), [(signal.SIGKILL, -9), (signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)]
+)
 def test_interrupted_run_keeps_whole_files_and_resume_completes_without_duplicates(
     many, random_model, complete, tmp_path, stop, code
 ):
