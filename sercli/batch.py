@@ -10,6 +10,8 @@ recording already in the table. :class:`CsvStream` writes CSV to a stream
 
 from __future__ import annotations
 
+import fcntl
+import json
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -21,18 +23,39 @@ import pandas as pd
 from sercli.model import Classifier
 from sercli.pipeline import FileOutcome, SegmentEmotion, annotate_files
 from sercli.vad import VadConfig
-from sercli.writers import atomic_output, read_results, results_frame, sort_results, write_csv, write_results
+from sercli.writers import (
+    atomic_output,
+    read_metadata,
+    read_results,
+    results_frame,
+    sort_results,
+    write_csv,
+    write_results,
+)
 
 
 class ResultSink(Protocol):
     """Where a batch's rows go."""
 
     done: set[str]
-    """Paths (as written in the ``path`` column) already annotated."""
+    """Recordings already annotated, as :func:`recording_key` gives them."""
 
     def add(self, rows: list[SegmentEmotion]) -> None: ...
 
     def save(self) -> None: ...
+
+
+class OutputError(Exception):
+    """An output that cannot be written or resumed; the message is a one-line cause."""
+
+
+RESUME_KEYS = {"model": "model", "vad": "VAD settings", "features": "features", "normalization": "normalization"}
+"""Metadata that must match for ``--resume`` to add rows to a results file, with their names in messages."""
+
+
+def recording_key(path: str | Path) -> str:
+    """How recordings are matched between runs: the absolute, symlink-resolved path."""
+    return str(Path(path).resolve())
 
 
 class ResultsFile:
@@ -42,28 +65,57 @@ class ResultsFile:
     ----------
     path : Path
     metadata : dict
-        Stored in Parquet files (model identity, run options).
+        Stored with the table (model identity, run options).
     resume : bool
         Start from the rows already in ``path`` (whose recordings are then skipped).
+        The file's metadata must agree with ``metadata`` on :data:`RESUME_KEYS`.
     checkpoint_s : float
         Minimum seconds between rewrites; the interval also grows to ten times
         the last rewrite's duration so that rewriting never costs over 10 %.
+    force : bool
+        Resume even when the settings differ.
 
-    Temporary files left beside ``path`` by a killed run are removed.
+    The file is locked (``<path>.lock``, an advisory ``flock``) for as long as
+    this object lives, so a second run on the same output is refused. The table
+    is written once at the start, so an output that cannot be written is found
+    before any work. Temporary files left beside ``path`` by a killed run are removed.
+
+    Raises
+    ------
+    OutputError
+        If another run holds the lock, the output cannot be written, or cannot be resumed.
     """
 
-    def __init__(self, path: Path, metadata: dict, resume: bool, checkpoint_s: float = 10.0):
+    def __init__(self, path: Path, metadata: dict, resume: bool, checkpoint_s: float = 10.0, force: bool = False):
         self.path, self.metadata, self.checkpoint_s = path, metadata, checkpoint_s
+        if path.is_dir():
+            raise OutputError(f"{path} is a directory")
+        try:
+            self.lock = open(path.with_name(path.name + ".lock"), "a")  # noqa: SIM115 - held until the run ends
+        except OSError as error:
+            raise OutputError(f"cannot write {path}: {error.strerror}") from None
+        try:
+            fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputError(f"another sercli run is writing {path}") from None
         for stale in path.parent.glob(f".{path.name}.*.partial"):
             stale.unlink(missing_ok=True)
-        self.table = read_results(path) if resume and path.exists() else results_frame([])
-        self.done = set(self.table["path"])
+        self.table = results_frame([])
+        if resume and path.exists():
+            try:
+                self.table = read_results(path)
+            except ValueError as error:
+                raise OutputError(f"cannot resume: {error}") from None
+            if not force:
+                _check_same_settings(read_metadata(path), metadata, path)
+        self.done = {recording_key(p) for p in self.table["path"]}
         self.pending: list[SegmentEmotion] = []  # rows added since the last rewrite
-        self.last_save, self.save_cost = time.monotonic(), 0.0
+        self.save_cost = 0.0
+        self.save()
 
     def add(self, rows: list[SegmentEmotion]) -> None:
         self.pending.extend(rows)
-        self.done.add(rows[0].path)
+        self.done.add(recording_key(rows[0].path))
         if time.monotonic() - self.last_save >= max(self.checkpoint_s, 10 * self.save_cost):
             self.save()
 
@@ -72,9 +124,22 @@ class ResultsFile:
         if self.pending:  # one table for all new rows: a small one per recording costs 1 ms each
             self.table = sort_results(pd.concat([self.table, results_frame(self.pending)], ignore_index=True))
             self.pending = []
-        write_results(self.table, self.path, self.metadata)
+        try:
+            write_results(self.table, self.path, self.metadata)
+        except OSError as error:
+            raise OutputError(f"cannot write {self.path}: {error.strerror or error}") from None
         self.last_save = time.monotonic()
         self.save_cost = self.last_save - started
+
+
+def _check_same_settings(stored: dict, metadata: dict, path: Path) -> None:
+    """Refuse to resume ``path`` when it was made with another model or other settings."""
+    for key, name in RESUME_KEYS.items():
+        if key in stored and stored[key] != metadata.get(key):
+            raise OutputError(
+                f"cannot resume: {path} was made with other {name} ({json.dumps(stored[key])} vs "
+                f"{json.dumps(metadata.get(key))}); pass --force to add to it anyway"
+            )
 
 
 class CsvStream:
@@ -91,6 +156,11 @@ class CsvStream:
 
     def save(self) -> None:
         self.handle.flush()
+
+
+def pending(paths: Iterable[Path], sink: ResultSink) -> list[Path]:
+    """The recordings the sink does not hold yet (matched by :func:`recording_key`)."""
+    return [p for p in paths if recording_key(p) not in sink.done]
 
 
 def errors_path(output: Path) -> Path:
@@ -122,7 +192,7 @@ def annotate_into(
     ``on_outcome`` hears of every recording, failed ones included, after its rows are added.
     ``workers`` and ``normalization`` are :func:`sercli.pipeline.annotate_files`'s.
     """
-    todo = [p for p in paths if str(p) not in sink.done]
+    todo = pending(paths, sink)
     for outcome in annotate_files(todo, classifier, vad, workers, normalization):
         if outcome.error is None:
             sink.add(outcome.rows)

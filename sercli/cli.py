@@ -85,6 +85,9 @@ def annotate(
     ] = VadConfig.max_segment_s,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
     resume: Annotated[bool, typer.Option(help="Keep an existing output's rows and annotate only the rest.")] = False,
+    force: Annotated[
+        bool, typer.Option(help="With --resume: add to an output made with another model or other settings.")
+    ] = False,
     checkpoint_every: Annotated[
         float, typer.Option(help="Seconds between atomic rewrites of the output file (the most work a crash loses).")
     ] = 10.0,
@@ -114,7 +117,7 @@ def annotate(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
 ) -> None:
     """Annotate recordings: one row per speech segment with its emotion probabilities."""
-    from sercli.batch import CsvStream, ResultsFile, annotate_into, errors_path, write_errors
+    from sercli.batch import CsvStream, OutputError, ResultsFile, annotate_into, errors_path, pending, write_errors
     from sercli.files import find_audio_files
     from sercli.model import ModelError, bundled_model_path, load_classifier
     from sercli.pipeline import model_normalization
@@ -193,11 +196,11 @@ def annotate(
             sink = (
                 CsvStream(sys.stdout)
                 if out_path is None
-                else ResultsFile(out_path, metadata, resume=resume, checkpoint_s=checkpoint_every)
+                else ResultsFile(out_path, metadata, resume=resume, checkpoint_s=checkpoint_every, force=force)
             )
-        except ValueError as error:
-            raise fail(f"cannot resume: {error}") from None
-        progress = AnnotationProgress(len(paths) - len(sink.done), quiet)
+        except OutputError as error:
+            raise fail(str(error)) from None
+        progress = AnnotationProgress(len(pending(paths, sink)), quiet)
         errors_file = None if out_path is None else errors_path(out_path)
 
         def run() -> None:
@@ -207,15 +210,20 @@ def annotate(
 
     interrupted = False
     stopped_by = _stop_on_termination()
-    with progress:
-        try:
-            run()
-        except KeyboardInterrupt:
-            interrupted = True
-        finally:
-            save()
-            if errors_file is not None:
-                write_errors(failures, errors_file)
+    try:
+        with progress:
+            try:
+                run()
+            except KeyboardInterrupt:
+                interrupted = True
+            finally:
+                save()
+                if errors_file is not None:
+                    write_errors(failures, errors_file)
+    except OutputError as error:
+        raise fail(f"{error} (the file on disk is the last checkpoint)") from None
+    except OSError as error:
+        raise fail(f"cannot write {errors_file}: {error.strerror or error}") from None
     if not quiet:
         console.print(progress.summary(failures, out_path, errors_file))
     if interrupted:

@@ -137,16 +137,26 @@ def write_csv(frame: pd.DataFrame, handle: TextIO, header: bool = True) -> None:
     )
 
 
-def write_results(frame: pd.DataFrame, path: str | Path, metadata: dict | None = None) -> None:
-    """Atomically write a results table as CSV or Parquet (by suffix).
+def metadata_path(path: str | Path) -> Path:
+    """Where a CSV results file's metadata lives: ``<path>.meta.json`` (Parquet keeps it inside)."""
+    return Path(path).with_name(Path(path).name + ".meta.json")
 
-    Parquet files carry ``metadata`` (model identity, run options) as JSON under
-    the schema metadata key ``sercli``.
+
+def write_results(frame: pd.DataFrame, path: str | Path, metadata: dict | None = None) -> None:
+    """Atomically write a results table as CSV or Parquet (by suffix), with its metadata.
+
+    ``metadata`` (model identity, run options) goes as JSON under the Parquet
+    schema metadata key ``sercli``, or for CSV into :func:`metadata_path`, written
+    first, so a CSV on disk never lacks the record of how it was made.
     """
+    text = json.dumps(metadata or {})
+    if table_format(path) != "parquet":
+        with atomic_output(metadata_path(path)) as partial:
+            partial.write_text(text + "\n")
     with atomic_output(path) as partial:
         if table_format(path) == "parquet":
             table = pa.Table.from_pandas(frame, preserve_index=False)
-            schema_metadata = {**(table.schema.metadata or {}), b"sercli": json.dumps(metadata or {}).encode()}
+            schema_metadata = {**(table.schema.metadata or {}), b"sercli": text.encode()}
             pq.write_table(table.replace_schema_metadata(schema_metadata), partial)
         else:
             with open(partial, "w", newline="", encoding="utf-8") as handle:
@@ -154,9 +164,10 @@ def write_results(frame: pd.DataFrame, path: str | Path, metadata: dict | None =
 
 
 def read_metadata(path: str | Path) -> dict:
-    """The ``sercli`` metadata of a Parquet results file (empty for CSV)."""
+    """The ``sercli`` metadata of a results file (empty when it has none)."""
     if table_format(path) != "parquet":
-        return {}
+        sidecar = metadata_path(path)
+        return json.loads(sidecar.read_text()) if sidecar.exists() else {}
     raw = (pq.read_schema(path).metadata or {}).get(b"sercli", b"{}")
     return json.loads(raw)
 

@@ -18,7 +18,7 @@ from conftest import ESPEAK_RATE, speech_with_silences
 from sercli.batch import CsvStream, annotate_into
 from sercli.model import load_classifier
 from sercli.vad import VadConfig
-from sercli.writers import read_results
+from sercli.writers import read_metadata, read_results
 
 ROOT = os.geteuid() == 0
 
@@ -259,3 +259,59 @@ def test_a_ten_hour_file_streams_through_in_bounded_memory(random_model, utteran
     rows = pd.read_csv(io.StringIO(table))
     assert len(rows) == 10
     np.testing.assert_allclose(rows["start_s"], [3600 * h + 1800 for h in range(10)], atol=0.2)
+
+
+def test_resume_refuses_other_settings_unless_forced(many, random_model, complete, tmp_path):
+    out = tmp_path / "results.csv"
+    model = random_model.with_suffix(".tflite")
+    sercli("annotate", many, "-o", out, "-m", model)
+    before = out.read_text()
+    result = sercli("annotate", many, "-o", out, "-m", model, "--resume", "--aggressiveness", "3", code=1)
+    assert "other VAD settings" in result.stderr and "--force" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert out.read_text() == before
+    sercli("annotate", many, "-o", out, "-m", model, "--resume", "--aggressiveness", "3", "--force")
+
+
+def test_resume_matches_recordings_however_the_folder_is_spelled(many, random_model, complete, tmp_path):
+    out = tmp_path / "results.parquet"
+    model = random_model.with_suffix(".tflite")
+    sercli("annotate", many, "-o", out, "-m", model)
+    relative = os.path.relpath(many, tmp_path)
+    sercli("annotate", relative, "-o", out.name, "-m", model, "--resume", cwd=tmp_path)
+    assert len(read_results(out)) == len(complete)
+
+
+def test_a_second_writer_on_the_same_output_is_refused(many, random_model, tmp_path):
+    import fcntl
+
+    out = tmp_path / "results.csv"
+    with open(tmp_path / "results.csv.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running sercli holds it
+        result = sercli("annotate", many, "-o", out, "-m", random_model.with_suffix(".tflite"), code=1)
+    assert "another sercli run is writing" in result.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("case", ["missing folder", "directory"])
+def test_an_unwritable_output_is_found_before_any_work(many, random_model, tmp_path, case):
+    out = tmp_path / "no" / "such" / "folder" / "results.csv"
+    extra = []
+    if case == "directory":
+        out = tmp_path / "results.csv"
+        out.mkdir()
+        extra = ["--overwrite"]
+    started = time.monotonic()
+    result = sercli("annotate", many, "-o", out, "-m", random_model.with_suffix(".tflite"), *extra, code=1)
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert str(out) in result.stderr
+    assert time.monotonic() - started < 10  # refused at once, not after annotating 150 files
+
+
+def test_csv_metadata_is_kept_beside_it_and_survives_export(many, random_model, tmp_path):
+    out = tmp_path / "results.csv"
+    sercli("annotate", many, "-o", out, "-m", random_model.with_suffix(".tflite"))
+    metadata = read_metadata(out)
+    assert metadata["model"]["name"] == "random" and metadata["vad"]["aggressiveness"] == 2
+    sercli("export", out, tmp_path / "results.parquet")
+    assert read_metadata(tmp_path / "results.parquet") == metadata
