@@ -72,7 +72,7 @@ def audio_info(path: str | Path) -> AudioInfo:
     if not os.access(path, os.R_OK):
         raise AudioError("permission denied")
     try:
-        info = sf.info(str(path))
+        info = sf.info(os.fsencode(path))  # bytes: names that are not UTF-8 open too
     except (sf.LibsndfileError, RuntimeError, OSError) as error:
         raise AudioError(_cause(error)) from None
     if info.frames <= 0:
@@ -136,7 +136,7 @@ def iter_audio(path: str | Path, sample_rate: int = 16000, block_frames: int = B
         else soxr.ResampleStream(info.sample_rate, sample_rate, 1, dtype="float32", quality="HQ")
     )
     try:
-        with sf.SoundFile(str(path)) as handle:
+        with sf.SoundFile(os.fsencode(path)) as handle:
             while True:
                 block = handle.read(block_frames, dtype="float32", always_2d=True)
                 last = len(block) < block_frames

@@ -20,6 +20,7 @@ from typing import Protocol, TextIO
 
 import pandas as pd
 
+from sercli.files import path_text
 from sercli.model import Classifier
 from sercli.pipeline import FileOutcome, SegmentEmotion, annotate_files
 from sercli.vad import VadConfig
@@ -54,8 +55,9 @@ RESUME_KEYS = {"model": "model", "vad": "VAD settings", "features": "features", 
 
 
 def recording_key(path: str | Path) -> str:
-    """How recordings are matched between runs: the absolute, symlink-resolved path."""
-    return str(Path(path).resolve())
+    """How recordings are matched between runs: the absolute, symlink-resolved path as
+    :func:`sercli.files.path_text` writes it (so a table's escaped path matches its file)."""
+    return path_text(Path(path).resolve())
 
 
 class ResultsFile:
@@ -173,7 +175,7 @@ def write_errors(failures: list[FileOutcome], path: Path) -> None:
     if not failures:
         path.unlink(missing_ok=True)
         return
-    frame = pd.DataFrame({"path": [str(f.path) for f in failures], "error": [f.error for f in failures]})
+    frame = pd.DataFrame({"path": [path_text(f.path) for f in failures], "error": [f.error for f in failures]})
     with atomic_output(path) as partial:
         frame.to_csv(partial, index=False, lineterminator="\n")
 

@@ -18,6 +18,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from sercli import EMOTIONS, __version__
@@ -118,7 +119,7 @@ def annotate(
 ) -> None:
     """Annotate recordings: one row per speech segment with its emotion probabilities."""
     from sercli.batch import CsvStream, OutputError, ResultsFile, annotate_into, errors_path, pending, write_errors
-    from sercli.files import find_audio_files
+    from sercli.files import find_audio_files, path_text
     from sercli.model import ModelError, bundled_model_path, load_classifier
     from sercli.pipeline import model_normalization
     from sercli.writers import TABLE_SUFFIXES, table_format
@@ -163,7 +164,9 @@ def annotate(
     def on_outcome(outcome) -> None:
         if outcome.error is not None:
             failures.append(outcome)
-            progress.console.print(f"[yellow]skipped[/] {outcome.path}: {outcome.error}", soft_wrap=True)
+            progress.console.print(
+                f"[yellow]skipped[/] {escape(path_text(outcome.path))}: {escape(outcome.error)}", soft_wrap=True
+            )
         progress.advance(outcome.audio_s)
 
     if dask is not None:

@@ -29,6 +29,20 @@ AUDIO_SUFFIXES = frozenset(
 """File suffixes (lower case) treated as audio when walking folders."""
 
 
+_CONTROL_ESCAPES = {code: f"\\x{code:02x}" for code in [*range(32), 127]}
+
+
+def path_text(path: str | Path) -> str:
+    """How a path is written in every output (rows, errors, messages): valid UTF-8 on one line.
+
+    Bytes of the name that are not UTF-8 become ``\\xHH`` (as Python's
+    ``backslashreplace`` writes them), and so do control characters (``\\r``,
+    ``\\n``, tab: ``\\x0d``, ``\\x0a``, ``\\x09``), which would break a CSV row
+    or a message line. Every other name is written as it is.
+    """
+    return os.fsencode(path).decode("utf-8", "backslashreplace").translate(_CONTROL_ESCAPES)
+
+
 def find_audio_files(
     inputs: Iterable[str | Path],
     include: Iterable[str] = (),

@@ -20,6 +20,7 @@ from threadpoolctl import threadpool_limits
 
 from sercli.audio import AudioError, iter_audio
 from sercli.features import FeatureConfig, mfcc, mfcc_windows
+from sercli.files import path_text
 from sercli.model import PREDICT_BATCH, Classifier, ModelCard, load_classifier
 from sercli.normalization import NORMALIZATIONS, FrameStats, standardize
 from sercli.vad import SpeechSegment, VadConfig, stream_speech
@@ -76,6 +77,7 @@ class SegmentEmotion:
     Attributes
     ----------
     path : str
+        The recording's path as :func:`sercli.files.path_text` writes it.
     segment : int
         1-based index of the segment within the recording (0: no speech found).
     start_s, end_s : float
@@ -230,12 +232,12 @@ class _Recording:
             best = int(pooled.argmax())
             rows.append(
                 SegmentEmotion(
-                    str(self.path), number, segment.start_s, segment.end_s, labels[best], float(pooled[best]), pooled
+                    path_text(self.path), number, segment.start_s, segment.end_s, labels[best], float(pooled[best]), pooled
                 )
             )
         if not rows:
             no_speech = np.full(len(labels), np.nan, dtype=np.float32)
-            rows.append(SegmentEmotion(str(self.path), 0, 0.0, self.audio_s, None, math.nan, no_speech))
+            rows.append(SegmentEmotion(path_text(self.path), 0, 0.0, self.audio_s, None, math.nan, no_speech))
         return FileOutcome(self.path, rows, audio_s=self.audio_s)
 
 

@@ -315,3 +315,26 @@ def test_csv_metadata_is_kept_beside_it_and_survives_export(many, random_model, 
     assert metadata["model"]["name"] == "random" and metadata["vad"]["aggressiveness"] == 2
     sercli("export", out, tmp_path / "results.parquet")
     assert read_metadata(tmp_path / "results.parquet") == metadata
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_any_bytes_in_a_name_round_trip_through_outputs_and_resume(speech, random_model, tmp_path, suffix):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    root = os.fsencode(folder)
+    sf.write(folder / "speech.wav", speech, ESPEAK_RATE)
+    os.rename(root + b"/speech.wav", root + b"/not_utf8_\xff.wav")  # soundfile cannot name it, the OS can
+    sf.write(folder / "carriage\rreturn.wav", speech, ESPEAK_RATE)
+    with open(root + b"/bad_\xfe.wav", "wb") as handle:
+        handle.write(b"not audio at all")
+    out = tmp_path / f"results{suffix}"
+    model = random_model.with_suffix(".tflite")
+    first = sercli("annotate", folder, "-o", out, "-m", model, code=3)
+    table = read_results(out)
+    assert set(table["path"]) == {f"{folder}/not_utf8_\\xff.wav", f"{folder}/carriage\\x0dreturn.wav"}
+    assert len(table) == 6
+    errors = pd.read_csv(out.with_name(out.name + ".errors.csv"))
+    assert list(errors["path"]) == [f"{folder}/bad_\\xfe.wav"]
+    assert f"{folder}/bad_\\xfe.wav: Format not recognised" in first.stderr
+    sercli("annotate", folder, "-o", out, "-m", model, "--resume", code=3)
+    pd.testing.assert_frame_equal(read_results(out), table)
