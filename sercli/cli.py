@@ -167,6 +167,8 @@ def annotate(
             progress.console.print(
                 f"[yellow]skipped[/] {escape(path_text(outcome.path))}: {escape(outcome.error)}", soft_wrap=True
             )
+        elif outcome.note is not None:
+            progress.console.print(f"note {escape(path_text(outcome.path))}: {escape(outcome.note)}", soft_wrap=True)
         progress.advance(outcome.audio_s)
 
     if dask is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import multiprocessing
+import os
 import queue
 import signal
 import tempfile
@@ -112,12 +113,16 @@ class FileOutcome:
         One-line cause of the failure.
     audio_s : float
         Length of the recording in seconds (0 when unknown).
+    note : str or None
+        Something the user should know about rows that were written (e.g. the
+        file changed while it was read).
     """
 
     path: Path
     rows: list[SegmentEmotion]
     error: str | None = None
     audio_s: float = 0.0
+    note: str | None = None
 
 
 def model_normalization(card: ModelCard, requested: str | None = None) -> str:
@@ -186,6 +191,8 @@ class _Recording:
         Each segment's pooled probabilities, None until its windows are classified.
     error : str or None
         One-line cause of a failure to decode it.
+    note : str or None
+        See :class:`FileOutcome`.
     read : bool
         Whether all its segments have been cut.
     """
@@ -195,6 +202,7 @@ class _Recording:
     segments: list[SpeechSegment] = field(default_factory=list)
     probabilities: list[np.ndarray | None] = field(default_factory=list)
     error: str | None = None
+    note: str | None = None
     read: bool = False
 
     def cut_windows(
@@ -238,7 +246,7 @@ class _Recording:
         if not rows:
             no_speech = np.full(len(labels), np.nan, dtype=np.float32)
             rows.append(SegmentEmotion(path_text(self.path), 0, 0.0, self.audio_s, None, math.nan, no_speech))
-        return FileOutcome(self.path, rows, audio_s=self.audio_s)
+        return FileOutcome(self.path, rows, audio_s=self.audio_s, note=self.note)
 
 
 class _DecodeAhead:
@@ -246,13 +254,15 @@ class _DecodeAhead:
 
     Iterating gives ``(path, blocks)`` for each path in order; ``blocks`` yields the
     recording's mono blocks (see :func:`sercli.audio.iter_audio`) and raises what
-    decoding it raised. Each ``blocks`` must be used up before the next pair is taken.
+    decoding it raised. Each ``blocks`` must be used up before the next pair is taken;
+    ``notes`` then holds a note for a recording whose size changed while it was read.
     """
 
     _END = object()
 
     def __init__(self, paths: Iterable[Path], sample_rate: int, blocks_ahead: int = 4):
         self.paths = [Path(p) for p in paths]
+        self.notes: dict[Path, str] = {}
         self.queue: queue.Queue = queue.Queue(blocks_ahead)
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._decode, args=(sample_rate,), name="decode", daemon=True)
@@ -261,8 +271,11 @@ class _DecodeAhead:
     def _decode(self, sample_rate: int) -> None:
         for path in self.paths:
             try:
+                size = _file_size(path)
                 for block in iter_audio(path, sample_rate):
                     self._put(block)
+                if (now := _file_size(path)) != size:
+                    self._put(_Note(f"its size changed while it was read ({size} -> {now} bytes): the rows cover it as read"))
                 self._put(self._END)
             except Exception as error:  # noqa: BLE001 - raised again in the consuming thread
                 self._put(error)
@@ -279,16 +292,19 @@ class _DecodeAhead:
 
     def __iter__(self) -> Iterator[tuple[Path, Iterator[np.ndarray]]]:
         for path in self.paths:
-            blocks = self._blocks()
+            blocks = self._blocks(path)
             yield path, blocks
             with contextlib.suppress(Exception):  # the consumer gave up on this recording: skip its rest
                 for _ in blocks:
                     pass
 
-    def _blocks(self) -> Iterator[np.ndarray]:
+    def _blocks(self, path: Path) -> Iterator[np.ndarray]:
         while (item := self.queue.get()) is not self._END:
             if isinstance(item, Exception):
                 raise item
+            if isinstance(item, _Note):
+                self.notes[path] = item.text
+                continue
             yield item
 
     def stop(self) -> None:
@@ -296,6 +312,19 @@ class _DecodeAhead:
         interpreter shuts down, after Ctrl-C, can crash it)."""
         self.stopping.set()
         self.thread.join()
+
+
+@dataclass(frozen=True)
+class _Note:
+    text: str
+
+
+def _file_size(path: Path) -> int:
+    """Size in bytes, -1 when it cannot be read (decoding then says why)."""
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return -1
 
 
 _JOBS_AHEAD = 2
@@ -407,6 +436,7 @@ def _annotate_in_order(
                     queue_windows([(recording, index, standardize(windows, stats))])
                 else:
                     group.add(recording, index, windows, stats)
+            recording.note = decoded.notes.pop(path, None)
             if normalization == "recording":
                 queue_windows(group.drain())
             collect(_JOBS_AHEAD)

@@ -116,6 +116,13 @@ def hostile_run(hostile, random_model, tmp_path_factory):
     return read_results(out), errors, result.stderr
 
 
+def test_hostile_files_are_annotated_in_bounded_memory(hostile_run):
+    import resource
+
+    # the largest of every child process so far, this run's included: an upper bound on its peak
+    assert resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss < 1024 * 1024, "peak RSS under 1 GB"
+
+
 def test_every_file_is_either_annotated_or_reported_with_its_cause(hostile, hostile_run):
     folder, expect = hostile
     table, errors, stderr = hostile_run
@@ -338,3 +345,25 @@ def test_any_bytes_in_a_name_round_trip_through_outputs_and_resume(speech, rando
     assert f"{folder}/bad_\\xfe.wav: Format not recognised" in first.stderr
     sercli("annotate", folder, "-o", out, "-m", model, "--resume", code=3)
     pd.testing.assert_frame_equal(read_results(out), table)
+
+
+def test_a_file_growing_while_read_is_noted(tmp_path):
+    from sercli.pipeline import _DecodeAhead
+
+    notes = {}
+    for grows in (False, True):
+        path = tmp_path / f"growing_{grows}.wav"
+        sf.write(path, np.zeros(10 * (1 << 18), np.float32), 16000, subtype="PCM_16")  # 10 blocks, 4 read ahead
+        decoded = _DecodeAhead([path], 16000)
+        try:
+            for _, blocks in decoded:
+                next(blocks)
+                if grows:  # a recorder still writing it
+                    with open(path, "ab") as handle:
+                        handle.write(bytes(4096))
+                assert sum(1 for _ in blocks) >= 9
+        finally:
+            decoded.stop()
+        notes[grows] = decoded.notes.get(path)
+    assert notes[False] is None
+    assert "size changed while it was read" in notes[True]
