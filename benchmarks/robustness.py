@@ -23,6 +23,7 @@ from pathlib import Path
 from sercli.augment import CONDITIONS
 from sercli.datasets import actor_folds, find_ravdess_clips
 from sercli.features import FeatureConfig
+from sercli.model import ModelCard
 from sercli.robustness import CnnFolds, OpenSmileBaseline, format_table, robustness_table
 from sercli.vad import VadConfig
 
@@ -52,6 +53,7 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, help="folder keeping degraded features between runs")
     parser.add_argument("--per-class", action="store_true")
     parser.add_argument("--json", type=Path, help="write all metrics here")
+    parser.add_argument("--card", type=Path, help="also store the UA table in this model card (metrics.robustness)")
     args = parser.parse_args()
 
     features, vad = FeatureConfig(), VadConfig()
@@ -71,10 +73,22 @@ def main() -> None:
     table = robustness_table(
         systems, clips, folds, conditions, features, vad, cache=args.cache, log=lambda m: print(m, file=sys.stderr)
     )
-    print(f"{args.folds}-fold leave-actors-out over actors {sorted({c.actor for c in clips})}, clip-level UA\n")
+    protocol = f"{args.folds}-fold leave-actors-out over actors {sorted({c.actor for c in clips})}, clip-level UA"
+    print(protocol + "\n")
     print(format_table(table, args.per_class))
     if args.json:
         args.json.write_text(json.dumps(table, indent=1))
+    if args.card:
+        card = ModelCard.read(args.card)
+        card.metrics["robustness"] = {
+            "protocol": protocol,
+            "command": "python benchmarks/robustness.py " + " ".join(sys.argv[1:]),
+            "unweighted_accuracy": {
+                system: {condition: round(m["unweighted_accuracy"], 4) for condition, m in rows.items()}
+                for system, rows in table.items()
+            },
+        }
+        card.write(args.card)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from rich.table import Table
 from sercli import EMOTIONS, __version__
 from sercli.vad import VadConfig
 
-EXIT_FATAL, EXIT_PARTIAL, EXIT_INTERRUPTED = 1, 3, 130
+EXIT_FATAL, EXIT_PARTIAL, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 1, 3, 130, 141
 
 app = typer.Typer(
     name="sercli",
@@ -33,12 +33,12 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True, highlight=False)
+console = Console(stderr=True, highlight=False, soft_wrap=True)  # messages stay one line in logs
 
 
 def fail(message: str, code: int = EXIT_FATAL) -> typer.Exit:
     """Print a one-line error on stderr; return the exit to raise."""
-    console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -205,7 +205,12 @@ def annotate(
             )
         except OutputError as error:
             raise fail(str(error)) from None
-        progress = AnnotationProgress(len(pending(paths, sink)), quiet)
+        todo = pending(paths, sink)
+        if resume and not todo:
+            if not quiet:
+                console.print(f"nothing to do: all {len(paths)} recordings are already in {out_path}")
+            return
+        progress = AnnotationProgress(len(todo), quiet)
         errors_file = None if out_path is None else errors_path(out_path)
 
         def run() -> None:
@@ -227,6 +232,9 @@ def annotate(
                     write_errors(failures, errors_file)
     except OutputError as error:
         raise fail(f"{error} (the file on disk is the last checkpoint)") from None
+    except BrokenPipeError:  # stdout's reader went away (`| head`): a normal end in a pipe, as SIGPIPE would make it
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush at exit
+        raise typer.Exit(EXIT_BROKEN_PIPE) from None
     except OSError as error:
         raise fail(f"cannot write {errors_file}: {error.strerror or error}") from None
     if not quiet:
@@ -265,7 +273,14 @@ class AnnotationProgress:
     """Rich progress on stderr: files, hours of audio, speed as a multiple of real time."""
 
     def __init__(self, total: int, quiet: bool):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self.progress = Progress(
             TextColumn("annotating"),
@@ -273,8 +288,10 @@ class AnnotationProgress:
             MofNCompleteColumn(),
             TextColumn("files, {task.fields[hours]:.2f} h audio, {task.fields[speed]:.0f}x real time"),
             TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
             console=console,
-            disable=quiet,
+            disable=quiet or not console.is_terminal,  # a log file gets the messages and the summary only
             transient=True,
         )
         self.console = self.progress.console
@@ -378,6 +395,12 @@ def train(
     ] = None,
 ) -> None:
     """Train the emotion model on RAVDESS, speaker-independently, and write it with its card."""
+    from sercli.model import ModelError, require_training
+
+    try:
+        require_training("sercli train and its models")
+    except ModelError as error:
+        raise fail(str(error)) from None
     _quiet_tensorflow()
     from sercli.features import FeatureConfig
     from sercli.training import TrainConfig, train_ravdess
@@ -452,9 +475,10 @@ def export_model(
     import numpy as np
 
     from sercli.features import signal_windows
-    from sercli.model import KerasClassifier, ModelError, load_classifier, write_litert_export
+    from sercli.model import KerasClassifier, ModelError, load_classifier, require_training, write_litert_export
 
     try:
+        require_training("sercli export-model and its .keras input")
         classifier = load_classifier(model)
     except ModelError as error:
         raise fail(str(error)) from None

@@ -277,6 +277,7 @@ def load_classifier(model_path: str | Path, threads: int | None = None) -> Class
             raise ModelError(f"{model_path} is not a LiteRT model: {str(error).splitlines()[0]}") from None
         shape_in, shape_out = tuple(classifier.input["shape"][1:]), tuple(classifier.output["shape"][1:])
     else:
+        require_training(f"{model_path}: .keras models")
         with quiet_native_output():
             import keras
 
@@ -292,6 +293,14 @@ def load_classifier(model_path: str | Path, threads: int | None = None) -> Class
             f"but its card describes {expected_in} -> ({expected_out},)"
         )
     return classifier
+
+
+def require_training(what: str = "training") -> None:
+    """Raise :class:`ModelError` naming the extra to install when TensorFlow or Keras is missing."""
+    from importlib.util import find_spec
+
+    if find_spec("tensorflow") is None or find_spec("keras") is None:
+        raise ModelError(f"{what} need TensorFlow: pip install 'sercli[train]' (annotation runs without it)")
 
 
 def export_litert(model, path: str | Path, batch: int = LITERT_BATCH, quantize: bool = True) -> None:

@@ -50,6 +50,10 @@ class TrainConfig:
         Maximum number of epochs (the exact number when there is no validation set).
     patience : int
         Epochs without a better validation UA before stopping (best weights are kept).
+    min_epochs : int
+        Epochs before early stopping starts watching: with two validation actors the
+        UA of the first epochs is noise, and a chance-level first epoch once stopped
+        a multi-condition run at epoch 7.
     batch_size : int
     learning_rate : float
         Adam's initial learning rate.
@@ -63,8 +67,8 @@ class TrainConfig:
         MFCCs (the model's input layer still applies the training set's global statistics).
     variants : int
         Degraded copies of each clip (:func:`sercli.augment.random_degradation`) for
-        multi-condition training; each epoch takes one of the clean clip and its
-        copies at random. 0: clean clips only.
+        multi-condition training; each epoch takes half of the clips clean and the
+        other half as one of their copies at random. 0: clean clips only.
     spec_augment : bool
         SpecAugment masks (two time masks of up to 10 frames, one of up to 4
         coefficients) on training windows.
@@ -76,6 +80,7 @@ class TrainConfig:
 
     epochs: int = 30
     patience: int = 6
+    min_epochs: int = 10
     batch_size: int = 64
     learning_rate: float = 1e-3
     seed: int = 0
@@ -132,7 +137,11 @@ def fit(
     if validation is not None:
         callbacks.append(
             keras.callbacks.EarlyStopping(
-                monitor="val_ua", mode="max", patience=config.patience, restore_best_weights=True
+                monitor="val_ua",
+                mode="max",
+                patience=config.patience,
+                restore_best_weights=True,
+                start_from_epoch=config.min_epochs,
             )
         )
     model.fit(batches, epochs=config.epochs, callbacks=callbacks, verbose=0)
@@ -319,7 +328,8 @@ class _EpochLog(keras.callbacks.Callback):
         """``best_epoch`` (1-based), ``epochs_run`` and the per-epoch logs."""
         best = len(self.epochs)
         if self.validation is not None:
-            best = max(self.epochs, key=lambda e: e["val_ua"])["epoch"]
+            watched = [e for e in self.epochs if e["epoch"] > self.config.min_epochs] or self.epochs
+            best = max(watched, key=lambda e: e["val_ua"])["epoch"]
         return {"best_epoch": best, "epochs_run": len(self.epochs), "epochs": self.epochs}
 
 
@@ -330,8 +340,8 @@ MIN_GROUP_CLIPS = 8
 class _TrainingBatches(keras.utils.PyDataset):
     """Shuffled, class-weighted training batches, redrawn each epoch.
 
-    Each epoch, every clip is taken clean or as one of its degraded variants at
-    random, and (``speaker`` normalisation) each actor's clips are split at random
+    Each epoch, every clip is taken clean (with probability 1/2) or as one of its
+    degraded variants, and (``speaker`` normalisation) each actor's clips are split at random
     into groups that are standardised together: the whole actor half of the time,
     else groups of random sizes down to :data:`MIN_GROUP_CLIPS` clips (about 25 s
     of speech, a short recording). An epoch has as many windows as the clean
@@ -354,7 +364,10 @@ class _TrainingBatches(keras.utils.PyDataset):
         self.on_epoch_end()
 
     def on_epoch_end(self):
-        variant = self.rng.integers(0, len(self.stats), len(self.clips))
+        variant = np.zeros(len(self.clips), dtype=int)
+        if len(self.stats) > 1:  # half of the clips as one of their degraded copies
+            degraded = self.rng.random(len(self.clips)) < 0.5
+            variant[degraded] = self.rng.integers(1, len(self.stats), degraded.sum())
         chosen = self.rng.permutation(np.flatnonzero(variant[self.clip_of] == self.variant_of))
         self.rows = np.resize(chosen, self.epoch_windows)
         self.mean = np.zeros((len(self.clips), self.windows.shape[2]), np.float32)

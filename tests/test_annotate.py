@@ -177,3 +177,25 @@ def test_help_and_version_are_instant_and_do_not_import_tensorflow():
     assert result.stdout.strip().endswith("False")
     assert "annotate" in result.stdout
     assert sercli("--version").stdout.startswith("sercli ")
+
+
+def test_a_closed_stdout_ends_the_run_quietly(corpus, litert_model):
+    """`sercli annotate ... -o - | head -2`: the reader leaving is a normal end in a pipe."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sercli", "annotate", corpus, "-o", "-", "--model", litert_model],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    process.stdout.readline()
+    process.stdout.close()
+    assert process.wait(60) in (0, 3, 141)  # 141: SIGPIPE's convention, when it was still writing
+    stderr = process.stderr.read().decode()
+    assert "error" not in stderr and "Traceback" not in stderr
+
+
+def test_stderr_holds_messages_and_summary_only_and_a_complete_resume_says_so(corpus, litert_model, tmp_path):
+    out = tmp_path / "results.csv"
+    first = sercli("annotate", corpus, "-o", out, "--model", litert_model, check_code=3)
+    assert first.stderr.startswith("skipped ") and first.stderr.splitlines()[-1].startswith("annotated 3 of 4 files")
+    again = sercli("annotate", corpus / "nested", corpus / "a_speech.wav", "-o", out, "--model", litert_model, "--resume")
+    assert again.stderr == f"nothing to do: all 2 recordings are already in {out}\n"

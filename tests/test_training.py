@@ -123,3 +123,26 @@ def test_evaluate_reports_known_answers(ravdess, tmp_path):
 def test_train_refuses_a_folder_without_ravdess_clips(tmp_path):
     result = run("train", tmp_path, "-o", tmp_path / "m.keras", code=1)
     assert "no RAVDESS speech clips" in result.stderr
+
+
+def test_training_commands_name_the_extra_when_tensorflow_is_missing(tmp_path, random_model, ravdess):
+    without_tensorflow = (
+        "import sys; sys.modules['tensorflow'] = None; from sercli.cli import main; "
+        "sys.argv = ['sercli', *sys.argv[1:]]; main()"
+    )
+    for args in (
+        ["train", ravdess, "-o", tmp_path / "m.keras"],
+        ["export-model", random_model],
+        ["annotate", ravdess, "--model", random_model],
+    ):
+        result = subprocess.run(
+            [sys.executable, "-c", without_tensorflow, *map(str, args)], capture_output=True, text=True, check=False
+        )
+        assert result.returncode == 1, args
+        assert "pip install 'sercli[train]'" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    # the bundled LiteRT model needs no TensorFlow
+    result = subprocess.run(
+        [sys.executable, "-c", without_tensorflow, "annotate", ravdess / "Actor_01", "-o", "-", "-q"],
+        capture_output=True, text=True, check=False,
+    )
+    assert result.returncode == 0 and len(result.stdout.splitlines()) > 8
