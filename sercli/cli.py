@@ -32,6 +32,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain click help: wraps at any width, no type tags
 )
 console = Console(stderr=True, highlight=False, soft_wrap=True)  # messages stay one line in logs
 
@@ -340,7 +341,7 @@ def export(
     labels: Annotated[
         str | None, typer.Option(help="Write per-recording label files instead: audacity or textgrid.")
     ] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing destination file.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing destination file or label files.")] = False,
 ) -> None:
     """Convert a results table: CSV <-> Parquet, a per-file summary, or Audacity/TextGrid labels."""
     from sercli.writers import (
@@ -356,9 +357,10 @@ def export(
     try:
         frame = read_results(source)
         if labels is not None:
+            labels = labels.lower()
             if labels not in LABEL_FORMATS:
                 raise ValueError(f"unknown label format '{labels}': use {' or '.join(LABEL_FORMATS)}")
-            written = write_labels(frame, destination, labels)
+            written = write_labels(frame, destination, labels, overwrite)
             console.print(f"wrote {len(written)} {labels} label files under {destination}")
             return
         table_format(destination)
@@ -505,10 +507,13 @@ def models(model: ModelOption = None) -> None:
     except ModelError as error:
         raise fail(str(error)) from None
     table = Table(title=f"{card.name} {card.version}", show_header=False)
+    table.add_column(no_wrap=True)
+    table.add_column(overflow="fold")  # long paths and digests wrap whole instead of being cut with "…"
     table.add_row("file", str(path))
     table.add_row("sha256", card.sha256)
     table.add_row("labels", ", ".join(card.labels))
     table.add_row("features", json.dumps(card.features))
+    table.add_row("normalization", card.normalization)
     for key in ("data", "training_actors", "validation_actors", "clips", "epochs_run"):
         if key in card.training:
             table.add_row(key.replace("_", " "), str(card.training[key]))

@@ -196,44 +196,71 @@ def per_file_summary(frame: pd.DataFrame) -> pd.DataFrame:
 LABEL_FORMATS = {"audacity": ".txt", "textgrid": ".TextGrid"}
 
 
-def write_labels(frame: pd.DataFrame, folder: str | Path, label_format: str) -> list[Path]:
+def write_labels(frame: pd.DataFrame, folder: str | Path, label_format: str, overwrite: bool = False) -> list[Path]:
     """Write one label file per recording into ``folder``, mirroring the recordings' folders.
 
     ``audacity``: tab-separated ``start end label`` lines (Audacity label track).
-    ``textgrid``: a Praat TextGrid with one interval tier ``emotion``; gaps between
-    segments are empty intervals.
+    ``textgrid``: a Praat TextGrid with one interval tier ``emotion`` spanning the
+    whole recording (its length read from the file when it is still there, else
+    the end of its last segment); gaps between segments are empty intervals.
 
     Returns
     -------
     list of Path
         The files written.
+
+    Raises
+    ------
+    ValueError
+        If ``folder`` names a results table, or a label file exists and ``overwrite`` is false
+        (then nothing is written).
     """
     folder = Path(folder)
+    if folder.suffix.lower() in TABLE_SUFFIXES:
+        raise ValueError(f"{folder} looks like a table: --labels writes label files into a folder")
     paths = frame["path"].unique()
     root = Path(os.path.commonpath([str(Path(p).parent) for p in paths])) if len(paths) else Path()
-    written = []
-    for path, rows in frame[frame["label"].notna()].groupby("path", sort=True):
-        target = folder / Path(path).relative_to(root).with_suffix(LABEL_FORMATS[label_format])
+    labelled = list(frame[frame["label"].notna()].groupby("path", sort=True))
+    targets = [folder / Path(path).relative_to(root).with_suffix(LABEL_FORMATS[label_format]) for path, _ in labelled]
+    existing = [t for t in targets if t.exists()]
+    if existing and not overwrite:
+        raise ValueError(f"{existing[0]} exists ({len(existing)} label files would be replaced): pass --overwrite")
+    for (path, rows), target in zip(labelled, targets):
         target.parent.mkdir(parents=True, exist_ok=True)
         intervals = list(zip(rows["start_s"], rows["end_s"], rows["label"]))
-        text = _audacity(intervals) if label_format == "audacity" else _textgrid(intervals)
+        if label_format == "audacity":
+            text = _audacity(intervals)
+        else:
+            text = _textgrid(intervals, _recording_length(path, float(rows["end_s"].max())))
         with atomic_output(target) as partial:
             partial.write_text(text, encoding="utf-8")
-        written.append(target)
-    return written
+    return targets
+
+
+def _recording_length(path: str, fallback_s: float) -> float:
+    """The recording's length in seconds from its header, or ``fallback_s`` when it cannot be read."""
+    from sercli.audio import AudioError, audio_info
+
+    try:
+        return max(audio_info(path).duration_s, fallback_s)
+    except AudioError:
+        return fallback_s
 
 
 def _audacity(intervals: list[tuple[float, float, str]]) -> str:
     return "".join(f"{start:.3f}\t{end:.3f}\t{label}\n" for start, end, label in intervals)
 
 
-def _textgrid(intervals: list[tuple[float, float, str]]) -> str:
+def _textgrid(intervals: list[tuple[float, float, str]], length_s: float) -> str:
     filled, cursor = [], 0.0
     for start, end, label in intervals:
         if start > cursor:
             filled.append((cursor, start, ""))
         filled.append((start, end, label))
         cursor = end
+    if length_s > cursor + 5e-4:
+        filled.append((cursor, length_s, ""))
+    cursor = length_s
     lines = [
         'File type = "ooTextFile"',
         'Object class = "TextGrid"',

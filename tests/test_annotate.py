@@ -199,3 +199,17 @@ def test_stderr_holds_messages_and_summary_only_and_a_complete_resume_says_so(co
     assert first.stderr.startswith("skipped ") and first.stderr.splitlines()[-1].startswith("annotated 3 of 4 files")
     again = sercli("annotate", corpus / "nested", corpus / "a_speech.wav", "-o", out, "--model", litert_model, "--resume")
     assert again.stderr == f"nothing to do: all 2 recordings are already in {out}\n"
+
+
+def test_label_exports_cover_the_recording_and_ask_before_replacing(corpus, litert_model, tmp_path):
+    csv = tmp_path / "r.csv"
+    sercli("annotate", corpus, "-o", csv, "--model", litert_model, check_code=3)
+    sercli("export", csv, tmp_path / "labels", "--labels", "TextGrid")  # any case
+    grid = (tmp_path / "labels" / "a_speech.TextGrid").read_text()
+    length = sf.info(corpus / "a_speech.wav").duration
+    assert f"xmax = {length:.3f}" in grid.splitlines()[4]  # the tier spans the audio, not the last segment
+    refused = sercli("export", csv, tmp_path / "labels", "--labels", "textgrid", check_code=1)
+    assert "exists" in refused.stderr and "--overwrite" in refused.stderr
+    sercli("export", csv, tmp_path / "labels", "--labels", "textgrid", "--overwrite")
+    wrong = sercli("export", csv, tmp_path / "lab.csv", "--labels", "audacity", check_code=1)
+    assert "into a folder" in wrong.stderr and not (tmp_path / "lab.csv").exists()
