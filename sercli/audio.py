@@ -130,22 +130,58 @@ def iter_audio(path: str | Path, sample_rate: int = 16000, block_frames: int = B
         If the file cannot be opened or a block cannot be decoded (truncated file).
     """
     info = audio_info(path)
-    resampler = (
-        None
-        if info.sample_rate == sample_rate
-        else soxr.ResampleStream(info.sample_rate, sample_rate, 1, dtype="float32", quality="HQ")
-    )
-    try:
+
+    def blocks() -> Iterator[np.ndarray]:
         with sf.SoundFile(os.fsencode(path)) as handle:
-            while True:
-                block = handle.read(block_frames, dtype="float32", always_2d=True)
-                last = len(block) < block_frames
-                mono = to_mono(block)
-                yield mono if resampler is None else resampler.resample_chunk(mono, last=last)
-                if last:
-                    return
+            while len(block := handle.read(block_frames, dtype="float32", always_2d=True)) == block_frames:
+                yield block
+            yield block  # the last, short (maybe empty) one
+
+    try:
+        yield from _mono_resampled(blocks(), info.sample_rate, sample_rate)
     except (sf.LibsndfileError, RuntimeError, OSError) as error:
         raise AudioError(_cause(error)) from None
+
+
+def iter_signal(
+    signal: np.ndarray, signal_rate: int, sample_rate: int = 16000, block_frames: int = BLOCK_FRAMES
+) -> Iterator[np.ndarray]:
+    """Stream a signal held in memory as :func:`iter_audio` streams a file.
+
+    Parameters
+    ----------
+    signal : np.ndarray, shape (n,) or (n, channels)
+        Samples, full scale 1.
+    signal_rate : int
+        Its rate in Hz (1 kHz to 768 kHz).
+    sample_rate : int
+        Output rate in Hz.
+
+    Raises
+    ------
+    AudioError
+        If the signal is empty or its rate is out of range.
+    """
+    signal = np.asarray(signal, dtype=np.float32)
+    if signal.ndim not in (1, 2) or len(signal) == 0:
+        raise AudioError(f"a signal must be shaped (samples,) or (samples, channels) and not empty, not {signal.shape}")
+    if not MIN_SAMPLE_RATE <= signal_rate <= MAX_SAMPLE_RATE:
+        raise AudioError(f"sample rate {signal_rate} Hz is outside {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz")
+    starts = range(0, len(signal) + 1, block_frames)  # a last, short (maybe empty) block ends the stream
+    yield from _mono_resampled((signal[i : i + block_frames] for i in starts), signal_rate, sample_rate)
+
+
+def _mono_resampled(blocks: Iterator[np.ndarray], rate: int, sample_rate: int) -> Iterator[np.ndarray]:
+    """Blocks at ``rate`` Hz, the last one shorter than the others, as mono blocks at ``sample_rate`` Hz."""
+    resampler = None if rate == sample_rate else soxr.ResampleStream(rate, sample_rate, 1, dtype="float32", quality="HQ")
+    previous = None
+    for block in blocks:
+        if previous is not None:
+            mono = to_mono(previous)
+            yield mono if resampler is None else resampler.resample_chunk(mono)
+        previous = block
+    mono = to_mono(previous)
+    yield mono if resampler is None else resampler.resample_chunk(mono, last=True)
 
 
 def read_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:

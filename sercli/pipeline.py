@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from sercli.audio import AudioError, iter_audio
+from sercli.audio import AudioError, iter_audio, iter_signal
 from sercli.features import FeatureConfig, mfcc, mfcc_windows
 from sercli.files import path_text
 from sercli.model import PREDICT_BATCH, Classifier, ModelCard, load_classifier
@@ -101,6 +101,24 @@ class SegmentEmotion:
 
 
 @dataclass(frozen=True)
+class InMemoryRecording:
+    """A signal to annotate like a file: its rows carry ``name`` as their path.
+
+    Attributes
+    ----------
+    name : str
+    samples : np.ndarray, shape (n,) or (n, channels)
+        Full scale 1.
+    sample_rate : int
+        In Hz.
+    """
+
+    name: str
+    samples: np.ndarray
+    sample_rate: int
+
+
+@dataclass(frozen=True)
 class FileOutcome:
     """What happened to one recording: its rows, or the one-line reason it failed.
 
@@ -148,7 +166,7 @@ def model_normalization(card: ModelCard, requested: str | None = None) -> str:
 
 
 def annotate_files(
-    paths: list[Path], classifier: Classifier, vad: VadConfig, workers: int = 1, normalization: str | None = None
+    paths: list[Path | InMemoryRecording], classifier: Classifier, vad: VadConfig, workers: int = 1, normalization: str | None = None
 ) -> Iterator[FileOutcome]:
     """Annotate recordings; outcomes come in the order of ``paths``, and a failing file never stops the batch.
 
@@ -168,7 +186,7 @@ def annotate_files(
     if normalization == "folder":
         if workers > 1:
             raise ValueError("--normalize folder needs every recording of a folder in one process: use --workers 1")
-        paths = sorted(paths, key=lambda path: Path(path).parent)  # stable: each folder's recordings together
+        paths = sorted(paths, key=lambda p: Path(p.name if isinstance(p, InMemoryRecording) else p).parent)
     if workers <= 1:
         yield from _annotate_in_order(paths, classifier, vad, normalization)
         return
@@ -260,8 +278,9 @@ class _DecodeAhead:
 
     _END = object()
 
-    def __init__(self, paths: Iterable[Path], sample_rate: int, blocks_ahead: int = 4):
-        self.paths = [Path(p) for p in paths]
+    def __init__(self, paths: Iterable[Path | InMemoryRecording], sample_rate: int, blocks_ahead: int = 4):
+        self.sources = [p if isinstance(p, InMemoryRecording) else Path(p) for p in paths]
+        self.paths = [Path(p.name) if isinstance(p, InMemoryRecording) else p for p in self.sources]
         self.notes: dict[Path, str] = {}
         self.queue: queue.Queue = queue.Queue(blocks_ahead)
         self.stopping = threading.Event()
@@ -269,8 +288,13 @@ class _DecodeAhead:
         self.thread.start()
 
     def _decode(self, sample_rate: int) -> None:
-        for path in self.paths:
+        for path in self.sources:
             try:
+                if isinstance(path, InMemoryRecording):
+                    for block in iter_signal(path.samples, path.sample_rate, sample_rate):
+                        self._put(block)
+                    self._put(self._END)
+                    continue
                 size = _file_size(path)
                 for block in iter_audio(path, sample_rate):
                     self._put(block)

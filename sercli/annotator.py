@@ -1,0 +1,108 @@
+"""sercli as a library: annotate files, folders or signals in memory into a results table.
+
+>>> import sercli
+>>> table = sercli.annotate("calls/")                      # one row per speech segment
+>>> annotator = sercli.Annotator(normalization="folder")   # loads the model once
+>>> rows = annotator.annotate_signal(samples, 44100)        # a numpy signal and its rate
+
+Tables have the columns and dtypes of ``sercli annotate``'s output
+(:data:`sercli.writers.RESULT_COLUMNS`); recordings that could not be read are
+listed in ``table.attrs["errors"]`` (path -> one-line cause).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from sercli.files import find_audio_files, path_text
+from sercli.model import bundled_model_path, load_classifier
+from sercli.pipeline import FileOutcome, InMemoryRecording, annotate_files, model_normalization
+from sercli.vad import VadConfig
+from sercli.writers import results_frame, sort_results
+
+
+class Annotator:
+    """A loaded model and annotation settings, reused for any number of calls.
+
+    Parameters
+    ----------
+    model : str or Path, optional
+        A ``.tflite`` or ``.keras`` model with its card (default: the bundled model).
+    vad : VadConfig
+        How speech segments are found.
+    normalization : str, optional
+        ``recording``, ``folder``, ``segment`` or ``none`` (default: from the model's
+        card; see :func:`sercli.pipeline.model_normalization`).
+    threads : int, optional
+        Inference threads (default: one per core).
+
+    Raises
+    ------
+    sercli.model.ModelError
+        If the model cannot be used; ValueError if the normalisation does not fit it.
+    """
+
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        *,
+        vad: VadConfig = VadConfig(),
+        normalization: str | None = None,
+        threads: int | None = None,
+    ):
+        self.classifier = load_classifier(model or bundled_model_path(), threads)
+        self.vad = vad
+        self.normalization = model_normalization(self.classifier.card, normalization)
+
+    def iter_outcomes(
+        self, inputs: str | Path | Iterable[str | Path], include: Iterable[str] = (), exclude: Iterable[str] = ()
+    ) -> Iterator[FileOutcome]:
+        """Each recording's outcome (rows or error) as it finishes: for batches too big to hold.
+
+        ``inputs`` are folders (searched recursively, filtered by the ``include`` and
+        ``exclude`` globs) and files.
+        """
+        inputs = [inputs] if isinstance(inputs, str | Path) else list(inputs)
+        paths = find_audio_files(inputs, include, exclude)
+        yield from annotate_files(paths, self.classifier, self.vad, normalization=self.normalization)
+
+    def annotate(
+        self, inputs: str | Path | Iterable[str | Path], include: Iterable[str] = (), exclude: Iterable[str] = ()
+    ) -> pd.DataFrame:
+        """All rows of the recordings under ``inputs``, sorted by path and start time."""
+        return _table(self.iter_outcomes(inputs, include, exclude))
+
+    def annotate_signal(self, signal: np.ndarray, sample_rate: int, name: str = "signal") -> pd.DataFrame:
+        """The rows of one signal in memory, shape ``(n,)`` or ``(n, channels)`` at ``sample_rate`` Hz.
+
+        It goes through the same pipeline as a file (mix-down, resampling, VAD,
+        normalisation); its rows carry ``name`` as their path.
+        """
+        recording = InMemoryRecording(name, np.asarray(signal), int(sample_rate))
+        return _table(annotate_files([recording], self.classifier, self.vad, normalization=self.normalization))
+
+
+def annotate(inputs: str | Path | Iterable[str | Path], **options) -> pd.DataFrame:
+    """Annotate folders and files in one call: ``Annotator(**options).annotate(inputs)``.
+
+    ``include`` and ``exclude`` globs go to :meth:`Annotator.annotate`, the other
+    options to :class:`Annotator`.
+    """
+    filters = {key: options.pop(key) for key in ("include", "exclude") if key in options}
+    return Annotator(**options).annotate(inputs, **filters)
+
+
+def _table(outcomes: Iterable[FileOutcome]) -> pd.DataFrame:
+    rows, errors = [], {}
+    for outcome in outcomes:
+        if outcome.error is None:
+            rows.extend(outcome.rows)
+        else:
+            errors[path_text(outcome.path)] = outcome.error
+    table = sort_results(results_frame(rows))
+    table.attrs["errors"] = errors
+    return table
