@@ -468,6 +468,25 @@ def evaluate(
         _plot_confusion(metrics["confusion"], plot)
 
 
+@app.command()
+def plot(
+    results: Annotated[Path, typer.Argument(help="A results table (.csv or .parquet).", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the PNG files.")] = Path("plots"),
+) -> None:
+    """Draw a results table: batch.png (share of speech per emotion, per file) and a timeline per recording."""
+    from sercli.writers import read_results
+
+    try:
+        from sercli.plots import write_plots
+    except ImportError:
+        raise fail("plots need matplotlib: pip install 'sercli[plot]'") from None
+    try:
+        written = write_plots(read_results(results), output)
+    except (ValueError, OSError) as error:
+        raise fail(str(error)) from None
+    console.print(f"wrote {len(written)} pictures into {output} (batch.png first)")
+
+
 @app.command("export-model")
 def export_model(
     model: Annotated[Path, typer.Argument(help="A trained .keras model with its .json card.")],

@@ -213,3 +213,19 @@ def test_label_exports_cover_the_recording_and_ask_before_replacing(corpus, lite
     sercli("export", csv, tmp_path / "labels", "--labels", "textgrid", "--overwrite")
     wrong = sercli("export", csv, tmp_path / "lab.csv", "--labels", "audacity", check_code=1)
     assert "into a folder" in wrong.stderr and not (tmp_path / "lab.csv").exists()
+
+
+def test_plot_draws_the_batch_and_each_recording(corpus, litert_model, tmp_path):
+    csv = tmp_path / "r.csv"
+    sercli("annotate", corpus, "-o", csv, "--model", litert_model, check_code=3)
+    result = sercli("plot", csv, "-o", tmp_path / "plots")
+    pictures = sorted(p.name for p in (tmp_path / "plots").iterdir())
+    assert pictures == ["0001-a_speech.png", "0002-c_silence.png", "0003-stereo.png", "batch.png"]
+    assert all((tmp_path / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for name in pictures)
+    assert "wrote 4 pictures" in result.stderr
+    without_matplotlib = subprocess.run(
+        [sys.executable, "-c", "import sys; sys.modules['matplotlib'] = None; from sercli.cli import main; "
+         "sys.argv = ['sercli', 'plot', sys.argv[1]]; main()", str(csv)],
+        capture_output=True, text=True, check=False,
+    )
+    assert without_matplotlib.returncode == 1 and "pip install 'sercli[plot]'" in without_matplotlib.stderr
