@@ -48,7 +48,9 @@ def main() -> None:
         metavar="NAME=FOLDER[:NORMALIZATION]",
         help="fold models of a cross-validation; normalisation speaker (default), recording or none",
     )
-    parser.add_argument("--baseline", action="store_true", help="add openSMILE eGeMAPS + LogReg, per speaker and global")
+    parser.add_argument(
+        "--baseline", action="store_true", help="add openSMILE eGeMAPS + LogReg, per speaker and global"
+    )
     parser.add_argument("--condition", action="append", choices=sorted(CONDITIONS), help="default: all")
     parser.add_argument("--cache", type=Path, help="folder keeping degraded features between runs")
     parser.add_argument("--per-class", action="store_true")

@@ -52,7 +52,9 @@ def main() -> None:
         copies = degraded_variants(clips, features, vad, config, cache, folds, log=print)
         training = [f.windows(features.window_frames, config.window_hop_frames) for f in [clean, *copies]]
         checkpoint = args.runs / f"{name}-seed{args.seed}-{args.folds}fold.cv.json"
-        results[name] = cross_validate(training, data, folds, config, checkpoint, log=lambda m: print(name, m, flush=True))
+        results[name] = cross_validate(
+            training, data, folds, config, checkpoint, log=lambda m, name=name: print(name, m, flush=True)
+        )
         print(f"{name}: {time.monotonic() - started:.0f} s", flush=True)
     print(f"\n{args.folds}-fold leave-actors-out, clean clips, clip-level UA (seed {args.seed})")
     for name, result in results.items():

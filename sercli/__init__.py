@@ -14,7 +14,7 @@ EMOTIONS: tuple[str, ...] = (
 )
 """The 8 RAVDESS emotions, in RAVDESS code order (code ``01`` is ``EMOTIONS[0]``)."""
 
-__all__ = ["EMOTIONS", "Annotator", "annotate", "__version__"]
+__all__ = ["EMOTIONS", "Annotator", "__version__", "annotate"]
 
 
 def __getattr__(name: str):

@@ -32,8 +32,8 @@ class Annotator:
     ----------
     model : str or Path, optional
         A ``.tflite`` or ``.keras`` model with its card (default: the bundled model).
-    vad : VadConfig
-        How speech segments are found.
+    vad : VadConfig, optional
+        How speech segments are found (default: ``VadConfig()``).
     normalization : str, optional
         ``recording``, ``folder``, ``segment`` or ``none`` (default: from the model's
         card; see :func:`sercli.pipeline.model_normalization`).
@@ -50,12 +50,12 @@ class Annotator:
         self,
         model: str | Path | None = None,
         *,
-        vad: VadConfig = VadConfig(),
+        vad: VadConfig | None = None,
         normalization: str | None = None,
         threads: int | None = None,
     ):
         self.classifier = load_classifier(model or bundled_model_path(), threads)
-        self.vad = vad
+        self.vad = vad or VadConfig()
         self.normalization = model_normalization(self.classifier.card, normalization)
 
     def iter_outcomes(

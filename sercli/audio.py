@@ -173,7 +173,9 @@ def iter_signal(
 
 def _mono_resampled(blocks: Iterator[np.ndarray], rate: int, sample_rate: int) -> Iterator[np.ndarray]:
     """Blocks at ``rate`` Hz, the last one shorter than the others, as mono blocks at ``sample_rate`` Hz."""
-    resampler = None if rate == sample_rate else soxr.ResampleStream(rate, sample_rate, 1, dtype="float32", quality="HQ")
+    resampler = (
+        None if rate == sample_rate else soxr.ResampleStream(rate, sample_rate, 1, dtype="float32", quality="HQ")
+    )
     previous = None
     for block in blocks:
         if previous is not None:

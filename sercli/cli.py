@@ -85,10 +85,13 @@ def annotate(
     max_segment: Annotated[
         float, typer.Option(help="Split longer segments into equal parts (s).")
     ] = VadConfig.max_segment_s,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
-    resume: Annotated[bool, typer.Option(help="Keep an existing output's rows and annotate only the rest.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Keep an existing output's rows and annotate only the rest.")
+    ] = False,
     force: Annotated[
-        bool, typer.Option(help="With --resume: add to an output made with another model or other settings.")
+        bool,
+        typer.Option("--force", help="With --resume: add to an output made with another model or other settings."),
     ] = False,
     checkpoint_every: Annotated[
         float, typer.Option(help="Seconds between atomic rewrites of the output file (the most work a crash loses).")
@@ -336,12 +339,15 @@ def export(
         Path, typer.Argument(help="A .csv or .parquet file, or a folder for --labels.", show_default=False)
     ],
     per_file: Annotated[
-        bool, typer.Option(help="Write one summary row per recording (dominant emotion, share of speech).")
+        bool,
+        typer.Option("--per-file", help="Write one summary row per recording (dominant emotion, share of speech)."),
     ] = False,
     labels: Annotated[
         str | None, typer.Option(help="Write per-recording label files instead: audacity or textgrid.")
     ] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing destination file or label files.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing destination file or label files.")
+    ] = False,
 ) -> None:
     """Convert a results table: CSV <-> Parquet, a per-file summary, or Audacity/TextGrid labels."""
     from sercli.writers import (

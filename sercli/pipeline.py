@@ -166,7 +166,11 @@ def model_normalization(card: ModelCard, requested: str | None = None) -> str:
 
 
 def annotate_files(
-    paths: list[Path | InMemoryRecording], classifier: Classifier, vad: VadConfig, workers: int = 1, normalization: str | None = None
+    paths: list[Path | InMemoryRecording],
+    classifier: Classifier,
+    vad: VadConfig,
+    workers: int = 1,
+    normalization: str | None = None,
 ) -> Iterator[FileOutcome]:
     """Annotate recordings; outcomes come in the order of ``paths``, and a failing file never stops the batch.
 
@@ -258,7 +262,13 @@ class _Recording:
             best = int(pooled.argmax())
             rows.append(
                 SegmentEmotion(
-                    path_text(self.path), number, segment.start_s, segment.end_s, labels[best], float(pooled[best]), pooled
+                    path_text(self.path),
+                    number,
+                    segment.start_s,
+                    segment.end_s,
+                    labels[best],
+                    float(pooled[best]),
+                    pooled,
                 )
             )
         if not rows:
@@ -299,7 +309,9 @@ class _DecodeAhead:
                 for block in iter_audio(path, sample_rate):
                     self._put(block)
                 if (now := _file_size(path)) != size:
-                    self._put(_Note(f"its size changed while it was read ({size} -> {now} bytes): the rows cover it as read"))
+                    self._put(
+                        _Note(f"its size changed while it was read ({size} -> {now} bytes): the rows cover it as read")
+                    )
                 self._put(self._END)
             except Exception as error:  # noqa: BLE001 - raised again in the consuming thread
                 self._put(error)
@@ -378,7 +390,7 @@ class _HeldWindows:
             self.held_bytes += windows.nbytes
             return
         if self.spill is None:
-            self.spill = tempfile.TemporaryFile()
+            self.spill = tempfile.TemporaryFile()  # noqa: SIM115 - closed by drain()
         np.save(self.spill, windows)
         self.parts.append((recording, index, None))
 

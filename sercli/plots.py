@@ -41,8 +41,15 @@ def recording_timeline(rows: pd.DataFrame, title: str = ""):
     end_s = float(rows["end_s"].max()) if len(rows) else 1.0
     figure, (top, bottom) = plt.subplots(2, 1, figsize=(10, 4), sharex=True, height_ratios=[1, 2])
     for row in speech.itertuples():
-        top.bar(row.start_s, row.confidence, width=row.end_s - row.start_s, align="edge",
-                color=EMOTION_COLOURS[row.label], edgecolor="black", linewidth=0.3)
+        top.bar(
+            row.start_s,
+            row.confidence,
+            width=row.end_s - row.start_s,
+            align="edge",
+            color=EMOTION_COLOURS[row.label],
+            edgecolor="black",
+            linewidth=0.3,
+        )
         top.text((row.start_s + row.end_s) / 2, row.confidence + 0.03, row.label, ha="center", fontsize=7)
     top.set_ylim(0, 1.2)
     top.set_ylabel("confidence")

@@ -62,7 +62,9 @@ class System(Protocol):
 
     name: str
 
-    def predict(self, fold: int, train: list[int], test: list[int], clean: ConditionData, data: ConditionData) -> np.ndarray:
+    def predict(
+        self, fold: int, train: list[int], test: list[int], clean: ConditionData, data: ConditionData
+    ) -> np.ndarray:
         """Emotion indices of the clips ``test`` (indices into ``data.clips``) under ``data``'s condition,
         by the model of fold ``fold``, which may use the clean clips ``train`` (indices) of ``clean``."""
 
@@ -121,7 +123,9 @@ class CnnFolds:
 
     def predict(self, fold, train, test, clean, data):
         if data.name not in self._windows:
-            self._windows[data.name] = data.features.windows(self.features.window_frames, self.features.window_hop_frames)
+            self._windows[data.name] = data.features.windows(
+                self.features.window_frames, self.features.window_hop_frames
+            )
         windows = self._windows[data.name]
         subset = windows.for_actors({data.clips[i].actor for i in test})
         probabilities = self.predictors[fold](subset.normalized(self.normalization))
@@ -143,7 +147,9 @@ class OpenSmileBaseline:
     def functionals(self, data: ConditionData) -> np.ndarray:
         """eGeMAPSv02 functionals of every clip, shape ``(n_clips, 88)``, cached per condition."""
         if data.name not in self._functionals:
-            path = None if self.cache is None else Path(self.cache) / f"egemaps-{_slug(data.name)}-{len(data.clips)}.npy"
+            path = (
+                None if self.cache is None else Path(self.cache) / f"egemaps-{_slug(data.name)}-{len(data.clips)}.npy"
+            )
             if path is not None and path.exists():
                 self._functionals[data.name] = np.load(path)
             else:
@@ -223,8 +229,10 @@ def robustness_table(
     actors = speaker_groups(clips)
     table: dict[str, dict[str, dict]] = {system.name: {} for system in systems}
     for condition in conditions:
-        data = clean if condition == "clean" else condition_data(
-            condition, clips, clean_signals, folds, features, vad, seed, cache
+        data = (
+            clean
+            if condition == "clean"
+            else condition_data(condition, clips, clean_signals, folds, features, vad, seed, cache)
         )
         for system in systems:
             true, predicted = [], []

@@ -91,7 +91,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.normalization not in TRAIN_NORMALIZATIONS:
-            raise ValueError(f"training normalization must be one of {TRAIN_NORMALIZATIONS}, not {self.normalization!r}")
+            raise ValueError(
+                f"training normalization must be one of {TRAIN_NORMALIZATIONS}, not {self.normalization!r}"
+            )
 
 
 TRAIN_NORMALIZATIONS = ("speaker", "none")
@@ -439,7 +441,7 @@ def degraded_variants(
     config: TrainConfig,
     cache: Path | None,
     folds: list[list[int]],
-    augment: AugmentConfig = AugmentConfig(),
+    augment: AugmentConfig | None = None,
     log: Log = lambda _: None,
 ) -> list[ClipFeatures]:
     """Features of ``config.variants`` randomly degraded copies of every clip (multi-condition training).
@@ -451,6 +453,7 @@ def degraded_variants(
     """
     if not config.variants:
         return []
+    augment = augment or AugmentConfig()
     signals = [read_audio(clip.path, features.sample_rate) for clip in clips]
     actors = np.array([clip.actor for clip in clips])
     fold_of = {actor: k for k, fold in enumerate(folds) for actor in fold}

@@ -30,7 +30,9 @@ def make_random_model(folder: Path, name: str = "random", normalization: str = "
     keras.utils.set_random_seed(1)
     config = FeatureConfig()
     normalized = normalization != "none"
-    model = build_cnn_bilstm(np.full(config.n_mfcc, 0.0 if normalized else -10.0), np.full(config.n_mfcc, 1.0 if normalized else 50.0))
+    model = build_cnn_bilstm(
+        np.full(config.n_mfcc, 0.0 if normalized else -10.0), np.full(config.n_mfcc, 1.0 if normalized else 50.0)
+    )
     card = ModelCard(
         name=name, version="test", labels=list(EMOTIONS), features=config.to_dict(), normalization=normalization
     )

@@ -197,7 +197,9 @@ def test_stderr_holds_messages_and_summary_only_and_a_complete_resume_says_so(co
     out = tmp_path / "results.csv"
     first = sercli("annotate", corpus, "-o", out, "--model", litert_model, check_code=3)
     assert first.stderr.startswith("skipped ") and first.stderr.splitlines()[-1].startswith("annotated 3 of 4 files")
-    again = sercli("annotate", corpus / "nested", corpus / "a_speech.wav", "-o", out, "--model", litert_model, "--resume")
+    again = sercli(
+        "annotate", corpus / "nested", corpus / "a_speech.wav", "-o", out, "--model", litert_model, "--resume"
+    )
     assert again.stderr == f"nothing to do: all 2 recordings are already in {out}\n"
 
 
@@ -224,8 +226,17 @@ def test_plot_draws_the_batch_and_each_recording(corpus, litert_model, tmp_path)
     assert all((tmp_path / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for name in pictures)
     assert "wrote 4 pictures" in result.stderr
     without_matplotlib = subprocess.run(
-        [sys.executable, "-c", "import sys; sys.modules['matplotlib'] = None; from sercli.cli import main; "
-         "sys.argv = ['sercli', 'plot', sys.argv[1]]; main()", str(csv)],
-        capture_output=True, text=True, check=False,
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys; sys.modules['matplotlib'] = None; from sercli.cli import main; "
+                "sys.argv = ['sercli', 'plot', sys.argv[1]]; main()"
+            ),
+            str(csv),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert without_matplotlib.returncode == 1 and "pip install 'sercli[plot]'" in without_matplotlib.stderr

@@ -22,8 +22,19 @@ def test_one_call_gives_the_table_annotate_writes(tmp_path, utterances, random_m
 
     out = tmp_path / "cli.parquet"
     subprocess.run(
-        [sys.executable, "-m", "sercli", "annotate", tmp_path / "speech.wav", "-o", out, "-m", random_model.with_suffix(".tflite")],
-        check=True, capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "sercli",
+            "annotate",
+            tmp_path / "speech.wav",
+            "-o",
+            out,
+            "-m",
+            random_model.with_suffix(".tflite"),
+        ],
+        check=True,
+        capture_output=True,
     )
     pd.testing.assert_frame_equal(table, read_results(out), check_like=False)
 

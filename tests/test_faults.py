@@ -111,7 +111,17 @@ def hostile(tmp_path_factory, speech):
 def hostile_run(hostile, random_model, tmp_path_factory):
     folder, _ = hostile
     out = tmp_path_factory.mktemp("out") / "results.csv"
-    command = [sys.executable, "-m", "sercli", "annotate", folder, "-o", out, "--model", random_model.with_suffix(".tflite")]
+    command = [
+        sys.executable,
+        "-m",
+        "sercli",
+        "annotate",
+        folder,
+        "-o",
+        out,
+        "--model",
+        random_model.with_suffix(".tflite"),
+    ]
     result = subprocess.run(
         [sys.executable, "-c", PEAK_RSS_PROBE, *map(str, command)], check=True, capture_output=True, text=True
     )

@@ -23,7 +23,12 @@ def test_statistics_of_parts_add_up_to_the_whole():
     assert parts.count == whole.count == 1000
     assert np.allclose(parts.mean, frames.mean(axis=0), atol=1e-9)
     assert np.allclose(parts.std, frames.std(axis=0, dtype=np.float64), atol=1e-9)
-    assert FrameStats.from_array(np.stack([FrameStats.of(frames[:500]).to_array(), FrameStats.of(frames[500:]).to_array()])).count == 1000
+    assert (
+        FrameStats.from_array(
+            np.stack([FrameStats.of(frames[:500]).to_array(), FrameStats.of(frames[500:]).to_array()])
+        ).count
+        == 1000
+    )
     standardized = standardize(frames[None], whole)[0]
     assert np.allclose(standardized.mean(axis=0), 0, atol=1e-4) and np.allclose(standardized.std(axis=0), 1, atol=1e-4)
 
@@ -88,8 +93,10 @@ def test_windows_spilled_to_disk_give_identical_rows(recordings, classifier, mod
 
 def test_modes_use_the_speech_they_name(recordings, classifier):
     paths = sorted(recordings.rglob("*.wav"))
-    by_mode = {m: rows_of(annotate_files(paths, classifier, VadConfig(), normalization=m)) for m in
-               ("segment", "recording", "folder")}
+    by_mode = {
+        m: rows_of(annotate_files(paths, classifier, VadConfig(), normalization=m))
+        for m in ("segment", "recording", "folder")
+    }
     other = str(recordings / "two" / "other.wav")
     short = str(recordings / "one" / "short.wav")
     for key, row in by_mode["recording"].items():
@@ -107,7 +114,10 @@ def test_folder_mode_keeps_each_folder_together(tmp_path, utterances, classifier
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         sf.write(tmp_path / name, signal, ESPEAK_RATE)
     paths = sorted(tmp_path.rglob("*.wav"))
-    order = [o.path.relative_to(tmp_path).as_posix() for o in annotate_files(paths, classifier, VadConfig(), normalization="folder")]
+    order = [
+        o.path.relative_to(tmp_path).as_posix()
+        for o in annotate_files(paths, classifier, VadConfig(), normalization="folder")
+    ]
     assert order == ["a/1.wav", "a/3.wav", "a/b/2.wav"]
 
 
@@ -125,9 +135,22 @@ def test_normalisation_must_match_the_model(classifier, random_model):
 
 def test_cli_refuses_folder_mode_across_processes(recordings, normalized_model):
     result = subprocess.run(
-        [sys.executable, "-m", "sercli", "annotate", str(recordings), "--model", str(normalized_model),
-         "--normalize", "folder", "--workers", "2"],
-        capture_output=True, text=True, check=False,
+        [
+            sys.executable,
+            "-m",
+            "sercli",
+            "annotate",
+            str(recordings),
+            "--model",
+            str(normalized_model),
+            "--normalize",
+            "folder",
+            "--workers",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 1
     assert "needs one process" in result.stderr and len(result.stderr.strip().splitlines()) == 1

@@ -1,6 +1,5 @@
 """The robustness benchmark on a tiny synthetic corpus: every system under every condition, same folds."""
 
-import numpy as np
 import pytest
 
 from sercli.datasets import actor_folds, find_ravdess_clips

@@ -75,9 +75,25 @@ def test_train_cross_validates_by_actor_and_writes_model_and_card(ravdess, tmp_p
     # the fold models stay for the robustness benchmark, which scores them beside the openSMILE baseline
     benchmark = Path(__file__).parents[1] / "benchmarks" / "robustness.py"
     table = subprocess.run(
-        [sys.executable, benchmark, ravdess, "--folds", "2", "--cnn", f"tiny={out}.cv", "--baseline",
-         "--condition", "clean", "--condition", "telephone", "--cache", tmp_path / "cache"],
-        capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            benchmark,
+            ravdess,
+            "--folds",
+            "2",
+            "--cnn",
+            f"tiny={out}.cv",
+            "--baseline",
+            "--condition",
+            "clean",
+            "--condition",
+            "telephone",
+            "--cache",
+            tmp_path / "cache",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert "| condition | tiny | openSMILE per speaker | openSMILE global |" in table
     assert "| clean | " in table and "| telephone | " in table
@@ -143,6 +159,8 @@ def test_training_commands_name_the_extra_when_tensorflow_is_missing(tmp_path, r
     # the bundled LiteRT model needs no TensorFlow
     result = subprocess.run(
         [sys.executable, "-c", without_tensorflow, "annotate", ravdess / "Actor_01", "-o", "-", "-q"],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0 and len(result.stdout.splitlines()) > 8
