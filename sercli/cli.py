@@ -59,7 +59,10 @@ def main_options(
 
 
 ModelOption = Annotated[
-    Path | None, typer.Option("--model", "-m", help="A .keras model with its .json card (default: the bundled one).")
+    Path | None,
+    typer.Option(
+        "--model", "-m", help="A .tflite or .keras model with its .json card (default: the bundled LiteRT model)."
+    ),
 ]
 
 

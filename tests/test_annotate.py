@@ -1,6 +1,8 @@
 """The annotate and export commands end to end, as a user runs them."""
 
 import io
+import json
+import os
 import subprocess
 import sys
 
@@ -240,3 +242,20 @@ def test_plot_draws_the_batch_and_each_recording(corpus, litert_model, tmp_path)
         check=False,
     )
     assert without_matplotlib.returncode == 1 and "pip install 'sercli[plot]'" in without_matplotlib.stderr
+
+
+@pytest.mark.parametrize("command", ["annotate", "export", "plot", "train", "evaluate", "models", "export-model"])
+def test_help_reads_well_at_80_columns(command):
+    text = sercli(command, "--help", env={**os.environ, "COLUMNS": "80"}).stdout
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "…" not in text and "<str>" not in text and "{" not in text.splitlines()[0]
+    if command == "annotate":
+        assert "Usage: python -m sercli annotate [OPTIONS] INPUTS..." in text
+        assert "--checkpoint-every FLOAT" in text and ".tflite" in text and "--no-overwrite" not in text
+
+
+def test_models_shows_whole_digests_at_80_columns(litert_model):
+    text = sercli("models", "--model", litert_model, env={**os.environ, "COLUMNS": "80"}).stdout
+    card = json.loads(litert_model.with_suffix(".json").read_text())
+    cells = "".join(line.split("│")[2].strip() for line in text.splitlines() if line.count("│") == 3)
+    assert card["sha256"] in cells and "…" not in text
