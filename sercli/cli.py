@@ -125,10 +125,10 @@ def annotate(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
 ) -> None:
     """Annotate recordings: one row per speech segment with its emotion probabilities."""
+    from sercli.annotator import Annotator
     from sercli.batch import CsvStream, OutputError, ResultsFile, annotate_into, errors_path, pending, write_errors
     from sercli.files import find_audio_files, path_text
-    from sercli.model import ModelError, bundled_model_path, load_classifier
-    from sercli.pipeline import model_normalization
+    from sercli.model import ModelError
     from sercli.writers import TABLE_SUFFIXES, table_format
 
     try:
@@ -151,12 +151,12 @@ def annotate(
     if exists and not (overwrite or resume):
         raise fail(f"{output} exists: pass --overwrite to replace it or --resume to complete it")
     try:
-        classifier = load_classifier(model or bundled_model_path())
-        normalization = model_normalization(classifier.card, normalize)
-        if normalization == "folder" and (workers > 1 or dask is not None):
+        annotator = Annotator(model, vad=vad, normalization=normalize)
+        if annotator.normalization == "folder" and (workers > 1 or dask is not None):
             raise ValueError("--normalize folder needs one process: drop --workers/--dask")
     except (ModelError, ValueError) as error:
         raise fail(str(error)) from None
+    classifier, normalization = annotator.classifier, annotator.normalization
     card = classifier.card
     metadata = {
         "model": {"name": card.name, "version": card.version, "sha256": card.sha256},
