@@ -406,7 +406,7 @@ def save_model(model, path: str | Path, card: ModelCard, check_windows: np.ndarr
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    inference = keras.models.clone_model(model)
+    inference = keras.Model.from_config(model.get_config())  # uncompiled: clone_model keeps the optimizer (3x size)
     inference.set_weights(model.get_weights())
     inference.save(path)
     card.sha256 = file_sha256(path)
