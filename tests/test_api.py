@@ -1,5 +1,8 @@
 """The Python API: one call for a folder, an Annotator for many calls and for signals in memory."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import soundfile as sf
@@ -17,9 +20,6 @@ def test_one_call_gives_the_table_annotate_writes(tmp_path, utterances, random_m
     assert list(table.columns) == list(RESULT_COLUMNS) and len(table) == 3
     assert table.attrs["errors"] == {str(tmp_path / "broken.wav"): "Format not recognised."}
     # the same rows and dtypes as the command line's output file
-    import subprocess
-    import sys
-
     out = tmp_path / "cli.parquet"
     subprocess.run(
         [
