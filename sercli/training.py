@@ -400,15 +400,18 @@ class _TrainingBatches(keras.utils.PyDataset):
 
     def __getitem__(self, index):
         rows = self.rows[index * self.config.batch_size : (index + 1) * self.config.batch_size]
-        clips = self.clip_of[rows]
-        x = (self.windows[rows] - self.mean[clips][:, None]) / self.std[clips][:, None]
+        x = self._normalized(rows)
         if self.config.spec_augment:
             spec_augment(x, self.rng)
+        clips = self.clip_of[rows]
         return x[..., None], self.labels[clips], self.weights[clips]
 
     def normalized_sample(self, size: int = 4096) -> np.ndarray:
         """Up to ``size`` normalised training windows, for the model's input statistics."""
-        rows = self.rows[:size]
+        return self._normalized(self.rows[:size])
+
+    def _normalized(self, rows: np.ndarray) -> np.ndarray:
+        """Windows ``rows``, standardised with their clip's group statistics of this epoch."""
         clips = self.clip_of[rows]
         return (self.windows[rows] - self.mean[clips][:, None]) / self.std[clips][:, None]
 
