@@ -132,12 +132,22 @@ def standardize_groups(
     groups : np.ndarray, shape (n_clips,)
         Group label of each clip: the clips of one group are standardised together.
     """
-    mean, std = np.zeros((len(groups), windows.shape[2])), np.ones((len(groups), windows.shape[2]))
+    mean, std = group_moments(clip_stats, groups)
+    return ((windows - mean[clip_index][:, None]) / std[clip_index][:, None]).astype(np.float32)
+
+
+def group_moments(clip_stats: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each clip's group mean and standard deviation per coefficient, each shape ``(n_clips, coeffs)``.
+
+    ``clip_stats`` (``(n_clips, 3, coeffs)``, :meth:`FrameStats.to_array`) are pooled over
+    the clips sharing a label in ``groups`` (``(n_clips,)``).
+    """
+    mean, std = np.zeros(clip_stats[:, 1].shape), np.ones(clip_stats[:, 1].shape)
     for group in np.unique(groups):
         members = groups == group
         stats = FrameStats.from_array(clip_stats[members])
         mean[members], std[members] = stats.mean, stats.std
-    return ((windows - mean[clip_index][:, None]) / std[clip_index][:, None]).astype(np.float32)
+    return mean, std
 
 
 Degrade = Callable[[np.ndarray, int], np.ndarray]

@@ -118,6 +118,11 @@ class InMemoryRecording:
     sample_rate: int
 
 
+def _recording_path(recording: Path | InMemoryRecording) -> Path:
+    """The path a recording's rows carry: its file's, or an in-memory signal's name."""
+    return Path(recording.name) if isinstance(recording, InMemoryRecording) else Path(recording)
+
+
 @dataclass(frozen=True)
 class FileOutcome:
     """What happened to one recording: its rows, or the one-line reason it failed.
@@ -190,7 +195,7 @@ def annotate_files(
     if normalization == "folder":
         if workers > 1:
             raise ValueError("--normalize folder needs every recording of a folder in one process: use --workers 1")
-        paths = sorted(paths, key=lambda p: Path(p.name if isinstance(p, InMemoryRecording) else p).parent)
+        paths = sorted(paths, key=lambda p: _recording_path(p).parent)  # stable: each folder's recordings together
     if workers <= 1:
         yield from _annotate_in_order(paths, classifier, vad, normalization)
         return
@@ -290,7 +295,7 @@ class _DecodeAhead:
 
     def __init__(self, paths: Iterable[Path | InMemoryRecording], sample_rate: int, blocks_ahead: int = 4):
         self.sources = [p if isinstance(p, InMemoryRecording) else Path(p) for p in paths]
-        self.paths = [Path(p.name) if isinstance(p, InMemoryRecording) else p for p in self.sources]
+        self.paths = [_recording_path(p) for p in self.sources]
         self.notes: dict[Path, str] = {}
         self.queue: queue.Queue = queue.Queue(blocks_ahead)
         self.stopping = threading.Event()

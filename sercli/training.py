@@ -32,10 +32,10 @@ from sercli.evaluation import (
     classification_metrics,
     clip_probabilities,
     evaluate_windows,
+    group_moments,
 )
 from sercli.features import FeatureConfig
 from sercli.model import ModelCard, build_cnn_bilstm, file_sha256, save_model
-from sercli.normalization import FrameStats
 from sercli.vad import VadConfig
 from sercli.writers import atomic_output
 
@@ -376,22 +376,20 @@ class _TrainingBatches(keras.utils.PyDataset):
         self.std = np.ones_like(self.mean)
         if self.config.normalization == "speaker":
             stats = self.stats[variant, np.arange(len(self.clips))]
-            for group in self._groups():
-                pooled = FrameStats.from_array(stats[group])
-                self.mean[group], self.std[group] = pooled.mean, pooled.std
+            self.mean[:], self.std[:] = group_moments(stats, self._groups())
 
-    def _groups(self) -> list[np.ndarray]:
-        """Random groups of one actor's clips (indices), covering every clip once."""
+    def _groups(self) -> np.ndarray:
+        """A random group label for each clip: groups of one actor's clips, covering every clip once."""
         actors = np.array([clip.actor for clip in self.clips])
-        groups = []
+        groups, count = np.empty(len(self.clips), dtype=int), 0
         for actor in np.unique(actors):
             members = self.rng.permutation(np.flatnonzero(actors == actor))
             if self.rng.random() < 0.5:
-                groups.append(members)
+                groups[members], count = count, count + 1
                 continue
             while len(members):
                 size = self.rng.integers(min(MIN_GROUP_CLIPS, len(members)), len(members) + 1)
-                groups.append(members[:size])
+                groups[members[:size]], count = count, count + 1
                 members = members[size:]
         return groups
 
