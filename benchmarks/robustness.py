@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from sercli.augment import CONDITIONS
-from sercli.datasets import actor_folds, find_ravdess_clips
+from sercli.datasets import find_clips, speaker_folds
 from sercli.features import FeatureConfig
 from sercli.model import ModelCard
 from sercli.robustness import CnnFolds, OpenSmileBaseline, format_table, robustness_table
@@ -59,8 +59,8 @@ def main() -> None:
     args = parser.parse_args()
 
     features, vad = FeatureConfig(), VadConfig()
-    clips = find_ravdess_clips(args.ravdess)
-    folds = actor_folds(sorted({c.actor for c in clips}), args.folds)
+    clips = find_clips(args.ravdess, "ravdess")
+    folds = speaker_folds([c.speaker for c in clips], args.folds)
     systems = []
     loaded: dict[str, list] = {}
     for spec in args.cnn:
@@ -75,7 +75,8 @@ def main() -> None:
     table = robustness_table(
         systems, clips, folds, conditions, features, vad, cache=args.cache, log=lambda m: print(m, file=sys.stderr)
     )
-    protocol = f"{args.folds}-fold leave-actors-out over actors {sorted({c.actor for c in clips})}, clip-level UA"
+    actors = sorted({int(c.speaker) for c in clips})
+    protocol = f"{args.folds}-fold leave-actors-out over actors {actors}, clip-level UA"
     print(protocol + "\n")
     print(format_table(table, args.per_class))
     if args.json:

@@ -15,7 +15,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from sercli.datasets import actor_folds, find_ravdess_clips
+from sercli.datasets import find_clips, speaker_folds
 from sercli.evaluation import cached_features
 from sercli.features import FeatureConfig
 from sercli.training import TrainConfig, cross_validate, degraded_variants
@@ -40,10 +40,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     args = parser.parse_args()
     features, vad = FeatureConfig(), VadConfig()
-    clips = find_ravdess_clips(args.ravdess)
+    clips = find_clips(args.ravdess, "ravdess")
     cache = args.runs / "cache"
     clean = cached_features(cache, {"variant": 0}, clips, features, vad)
-    folds = actor_folds(sorted({c.actor for c in clips}), args.folds)
+    folds = speaker_folds([c.speaker for c in clips], args.folds)
     data = clean.windows(features.window_frames, features.window_hop_frames)
     results = {}
     for name in args.option:

@@ -6,7 +6,7 @@
 >>> rows = annotator.annotate_signal(samples, 44100)        # a numpy signal and its rate
 
 Tables have the columns and dtypes of ``sercli annotate``'s output
-(:data:`sercli.writers.RESULT_COLUMNS`); recordings that could not be read are
+(:func:`sercli.writers.result_columns` of the model's labels); recordings that could not be read are
 listed in ``table.attrs["errors"]`` (path -> one-line cause).
 """
 
@@ -74,7 +74,7 @@ class Annotator:
         self, inputs: str | Path | Iterable[str | Path], include: Iterable[str] = (), exclude: Iterable[str] = ()
     ) -> pd.DataFrame:
         """All rows of the recordings under ``inputs``, sorted by path and start time."""
-        return _table(self.iter_outcomes(inputs, include, exclude))
+        return _table(self.iter_outcomes(inputs, include, exclude), self.classifier.card.labels)
 
     def annotate_signal(self, signal: np.ndarray, sample_rate: int, name: str = "signal") -> pd.DataFrame:
         """The rows of one signal in memory, shape ``(n,)`` or ``(n, channels)`` at ``sample_rate`` Hz.
@@ -83,7 +83,8 @@ class Annotator:
         normalisation); its rows carry ``name`` as their path.
         """
         recording = InMemoryRecording(name, np.asarray(signal), int(sample_rate))
-        return _table(annotate_files([recording], self.classifier, self.vad, normalization=self.normalization))
+        outcomes = annotate_files([recording], self.classifier, self.vad, normalization=self.normalization)
+        return _table(outcomes, self.classifier.card.labels)
 
 
 def annotate(inputs: str | Path | Iterable[str | Path], **options) -> pd.DataFrame:
@@ -96,13 +97,13 @@ def annotate(inputs: str | Path | Iterable[str | Path], **options) -> pd.DataFra
     return Annotator(**options).annotate(inputs, **filters)
 
 
-def _table(outcomes: Iterable[FileOutcome]) -> pd.DataFrame:
+def _table(outcomes: Iterable[FileOutcome], labels: list[str]) -> pd.DataFrame:
     rows, errors = [], {}
     for outcome in outcomes:
         if outcome.error is None:
             rows.extend(outcome.rows)
         else:
             errors[path_text(outcome.path)] = outcome.error
-    table = sort_results(results_frame(rows))
+    table = sort_results(results_frame(rows, labels))
     table.attrs["errors"] = errors
     return table

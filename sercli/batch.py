@@ -14,12 +14,13 @@ import fcntl
 import json
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Protocol, TextIO
 
 import pandas as pd
 
+from sercli import EMOTIONS
 from sercli.files import path_text
 from sercli.model import Classifier
 from sercli.pipeline import FileOutcome, SegmentEmotion, annotate_files
@@ -30,6 +31,7 @@ from sercli.writers import (
     read_results,
     results_frame,
     sort_results,
+    table_labels,
     write_csv,
     write_results,
 )
@@ -68,6 +70,8 @@ class ResultsFile:
     path : Path
     metadata : dict
         Stored with the table (model identity, run options).
+    labels : sequence of str
+        The model's labels: one ``prob_<label>`` column each.
     resume : bool
         Start from the rows already in ``path`` (whose recordings are then skipped).
         The file's metadata must agree with ``metadata`` on :data:`RESUME_KEYS`.
@@ -88,8 +92,16 @@ class ResultsFile:
         If another run holds the lock, the output cannot be written, or cannot be resumed.
     """
 
-    def __init__(self, path: Path, metadata: dict, resume: bool, checkpoint_s: float = 10.0, force: bool = False):
-        self.path, self.metadata, self.checkpoint_s = path, metadata, checkpoint_s
+    def __init__(
+        self,
+        path: Path,
+        metadata: dict,
+        resume: bool,
+        labels: Sequence[str] = EMOTIONS,
+        checkpoint_s: float = 10.0,
+        force: bool = False,
+    ):
+        self.path, self.metadata, self.checkpoint_s, self.labels = path, metadata, checkpoint_s, list(labels)
         if path.is_dir():
             raise OutputError(f"{path} is a directory")
         try:
@@ -102,12 +114,16 @@ class ResultsFile:
             raise OutputError(f"another sercli run is writing {path}") from None
         for stale in path.parent.glob(f".{path.name}.*.partial"):
             stale.unlink(missing_ok=True)
-        self.table = results_frame([])
+        self.table = results_frame([], self.labels)
         if resume and path.exists():
             try:
                 self.table = read_results(path)
             except ValueError as error:
                 raise OutputError(f"cannot resume: {error}") from None
+            if table_labels(self.table) != self.labels:
+                raise OutputError(
+                    f"cannot resume: {path} has the columns of other labels ({', '.join(table_labels(self.table))})"
+                )
             if not force:
                 _check_same_settings(read_metadata(path), metadata, path)
         self.done = {recording_key(p) for p in self.table["path"]}
@@ -124,7 +140,8 @@ class ResultsFile:
     def save(self) -> None:
         started = time.monotonic()
         if self.pending:  # one table for all new rows: a small one per recording costs 1 ms each
-            self.table = sort_results(pd.concat([self.table, results_frame(self.pending)], ignore_index=True))
+            new = results_frame(self.pending, self.labels)
+            self.table = sort_results(pd.concat([self.table, new], ignore_index=True))
             self.pending = []
         try:
             write_results(self.table, self.path, self.metadata)
@@ -147,13 +164,13 @@ def _check_same_settings(stored: dict, metadata: dict, path: Path) -> None:
 class CsvStream:
     """CSV on a text stream, each recording's rows written and flushed as it finishes."""
 
-    def __init__(self, handle: TextIO = sys.stdout):
-        self.handle, self.done = handle, set()
-        write_csv(results_frame([]), handle)
+    def __init__(self, handle: TextIO = sys.stdout, labels: Sequence[str] = EMOTIONS):
+        self.handle, self.done, self.labels = handle, set(), list(labels)
+        write_csv(results_frame([], self.labels), handle)
         handle.flush()
 
     def add(self, rows: list[SegmentEmotion]) -> None:
-        write_csv(results_frame(rows), self.handle, header=False)
+        write_csv(results_frame(rows, self.labels), self.handle, header=False)
         self.handle.flush()
 
     def save(self) -> None:

@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from sercli import EMOTIONS, __version__
+from sercli import __version__
 from sercli.vad import VadConfig
 
 EXIT_FATAL, EXIT_PARTIAL, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 1, 3, 130, 141
@@ -205,10 +205,11 @@ def annotate(
             """Each part was saved by its worker."""
     else:
         try:
+            labels = classifier.card.labels
             sink = (
-                CsvStream(sys.stdout)
+                CsvStream(sys.stdout, labels)
                 if out_path is None
-                else ResultsFile(out_path, metadata, resume=resume, checkpoint_s=checkpoint_every, force=force)
+                else ResultsFile(out_path, metadata, resume, labels, checkpoint_every, force)
             )
         except OutputError as error:
             raise fail(str(error)) from None
@@ -382,20 +383,42 @@ def export(
     console.print(f"wrote {len(table)} rows to {destination}")
 
 
+LayoutOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Corpus layout of a folder: ravdess, crema-d, tess, savee, emodb or folders (default: from the names)."
+    ),
+]
+
+
 @app.command()
 def train(
-    ravdess_dir: Annotated[Path, typer.Argument(help="RAVDESS speech folder (Actor_XX/03-01-*.wav or .flac).")],
+    source: Annotated[
+        Path,
+        typer.Argument(help="A labels table (.csv/.parquet) or a corpus folder (e.g. RAVDESS).", show_default=False),
+    ],
     output: Annotated[Path, typer.Option("--output", "-o", help="Where the .keras model goes (card beside it).")],
-    val_actors: Annotated[
-        str, typer.Option(help="Comma-separated actors held out for early stopping, or 'none' to train on all.")
+    layout: LayoutOption = None,
+    base: Annotated[
+        str | None,
+        typer.Option("--from", help="Fine-tune a trained model: 'bundled' or a .keras file (default: train afresh)."),
+    ] = None,
+    freeze_conv: Annotated[
+        bool, typer.Option("--freeze-conv", help="Fine-tuning: keep the convolutions as trained.")
+    ] = False,
+    val_speakers: Annotated[
+        str, typer.Option(help="Comma-separated speakers held out for early stopping, or 'none' to train on all.")
     ] = "none",
-    cv_folds: Annotated[int, typer.Option(help="Leave-actors-out cross-validation folds first (0: none).")] = 5,
+    cv_folds: Annotated[int, typer.Option(help="Leave-speakers-out cross-validation folds first (0: none).")] = 5,
     epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = 30,
     patience: Annotated[int, typer.Option(help="Early-stopping patience (epochs).")] = 6,
     batch_size: Annotated[int, typer.Option(help="Windows per batch.")] = 64,
+    learning_rate: Annotated[
+        float | None, typer.Option(help="Adam's learning rate (default: 1e-3, fine-tuning 3e-4).")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     normalize: Annotated[
-        str, typer.Option(help="speaker: standardise MFCCs over groups of an actor's clips; none: raw MFCCs.")
+        str, typer.Option(help="speaker: standardise MFCCs over groups of a speaker's clips; none: raw MFCCs.")
     ] = "speaker",
     variants: Annotated[
         int, typer.Option(help="Randomly degraded copies of each clip (noise, rooms, phone, codecs, gain, speed).")
@@ -405,7 +428,7 @@ def train(
         Path | None, typer.Option(help="Folder keeping the clips' features between runs (clean and degraded).")
     ] = None,
 ) -> None:
-    """Train the emotion model on RAVDESS, speaker-independently, and write it with its card."""
+    """Train the emotion model on labelled recordings, speaker-independently, and write it with its card."""
     from sercli.model import ModelError, require_training
 
     try:
@@ -413,68 +436,131 @@ def train(
     except ModelError as error:
         raise fail(str(error)) from None
     _quiet_tensorflow()
+    from sercli.audio import AudioError
+    from sercli.datasets import load_clips
     from sercli.features import FeatureConfig
-    from sercli.training import TrainConfig, train_ravdess
+    from sercli.model import bundled_model_path
+    from sercli.training import FINE_TUNING_LEARNING_RATE, BaseModel, TrainConfig, train_model
 
-    try:
-        validation = [] if val_actors.strip().lower() in ("", "none") else [int(a) for a in val_actors.split(",")]
-    except ValueError:
-        raise fail(f"--val-actors must be comma-separated actor numbers or 'none', not '{val_actors}'") from None
+    validation = [] if val_speakers.strip().lower() in ("", "none") else [s.strip() for s in val_speakers.split(",")]
     started = time.monotonic()
     try:
+        starting_point = None
+        if base is not None:
+            starting_point = BaseModel.load(bundled_model_path(".keras") if base == "bundled" else Path(base))
+        default_rate = TrainConfig.learning_rate if starting_point is None else FINE_TUNING_LEARNING_RATE
         config = TrainConfig(
             epochs=epochs,
             patience=patience,
             batch_size=batch_size,
+            learning_rate=learning_rate or default_rate,
             seed=seed,
             normalization=normalize,
             variants=variants,
             spec_augment=spec_augment,
+            freeze_convolutions=freeze_conv,
         )
-        card = train_ravdess(
-            ravdess_dir, output, FeatureConfig(), VadConfig(), config, validation, cv_folds, cache, log=console.print
-        )
-    except ValueError as error:
+        clips, data = load_clips(source, layout)
+    except (ModelError, ValueError) as error:
         raise fail(str(error)) from None
+    features = FeatureConfig() if starting_point is None else starting_point.card.feature_config
+    try:
+        card = train_model(
+            clips,
+            output,
+            features,
+            VadConfig(),
+            config,
+            validation,
+            cv_folds,
+            cache,
+            console.print,
+            starting_point,
+            data,
+        )
+    except (ModelError, ValueError, AudioError) as error:
+        raise fail(f"{source}: {error}") from None
     console.print(f"wrote {output} and its card in {time.monotonic() - started:.0f} s")
     _print_metrics(card.metrics)
 
 
 @app.command()
 def evaluate(
-    data_dir: Annotated[Path, typer.Argument(help="Labelled RAVDESS-layout folder.")],
+    source: Annotated[
+        Path, typer.Argument(help="A labels table (.csv/.parquet) or a corpus folder.", show_default=False)
+    ],
     model: ModelOption = None,
+    layout: LayoutOption = None,
+    by: Annotated[str | None, typer.Option(help="Break the results down: speaker.")] = None,
     plot: Annotated[Path | None, typer.Option(help="Save the confusion matrix as an image (needs matplotlib).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON on stdout.")] = False,
     normalize: Annotated[
         str,
         typer.Option(
-            help="For a model trained on normalised MFCCs: standardise over each actor's clips (speaker) "
+            help="For a model trained on normalised MFCCs: standardise over each speaker's clips (speaker) "
             "or each clip (recording)."
         ),
     ] = "speaker",
 ) -> None:
-    """Clip-level accuracy, unweighted accuracy, per-class recall and confusion matrix."""
-    from sercli.datasets import find_ravdess_clips
-    from sercli.evaluation import evaluate_windows, extract_features
+    """Clip-level UA with a bootstrap 95 % interval, accuracy, per-class recall and confusion matrix.
+
+    A table with a split column is evaluated on its test rows.
+    """
+    from sercli.audio import AudioError
+    from sercli.datasets import DatasetError, check_known_labels, load_clips
+    from sercli.evaluation import evaluate_clips, extract_features
     from sercli.model import ModelError, bundled_model_path, load_classifier
 
+    if by not in (None, "speaker"):
+        raise fail(f"--by takes 'speaker', not '{by}'")
     try:
         classifier = load_classifier(model or bundled_model_path())
-        clips = find_ravdess_clips(data_dir)
-    except (ModelError, ValueError) as error:
+        clips, _ = load_clips(source, layout)
+        try:
+            check_known_labels(clips, classifier.card.labels)
+        except DatasetError as error:
+            raise DatasetError(f"{source}: {error}") from None
+        if any(clip.split == "test" for clip in clips):
+            clips = [clip for clip in clips if clip.split == "test"]
+            console.print(f"evaluating the {len(clips)} clips of the test split")
+        config = classifier.card.feature_config
+        data = extract_features(clips, config, VadConfig(), log=console.print)
+        windows = data.windows(config.window_frames, config.window_hop_frames, classifier.card.labels)
+    except (ModelError, ValueError, AudioError) as error:
         raise fail(str(error)) from None
-    config = classifier.card.feature_config
-    data = extract_features(clips, config, VadConfig(), log=console.print)
     normalization = "none" if classifier.card.normalization == "none" else normalize
-    windows = data.windows(config.window_frames, config.window_hop_frames)
-    metrics = evaluate_windows(classifier.predict_proba, windows, normalization)
+    metrics = evaluate_clips(classifier.predict_proba, windows, normalization, by_speaker=by == "speaker")
     if as_json:
         print(json.dumps(metrics, indent=2))
     else:
         _print_metrics({"evaluation": metrics})
+        if by == "speaker":
+            _print_by_speaker(metrics["by_speaker"])
     if plot is not None:
-        _plot_confusion(metrics["confusion"], plot)
+        _plot_confusion(metrics["confusion"], metrics["labels"], plot)
+
+
+@app.command()
+def dataset(
+    layout: Annotated[
+        str, typer.Argument(help="ravdess, crema-d, tess, savee, emodb or folders (one folder per label).")
+    ],
+    folder: Annotated[Path, typer.Argument(help="The corpus folder, searched recursively.", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The labels table to write (.csv or .parquet).")],
+) -> None:
+    """Write the labels table of a corpus folder: what train and evaluate would use, to check or edit."""
+    from sercli.datasets import find_clips, label_counts, write_labels_table
+
+    if output.suffix.lower() not in (".csv", ".parquet", ".pq"):
+        raise fail(f"{output}: the labels table must be .csv or .parquet")
+    try:
+        clips = find_clips(folder, layout.lower())
+        write_labels_table(clips, output)
+    except (ValueError, OSError) as error:
+        raise fail(str(error)) from None
+    speakers = {clip.speaker for clip in clips} - {None}
+    counts = ", ".join(f"{label} {count}" for label, count in label_counts(clips).items())
+    console.print(f"wrote {output}: {len(clips)} clips, {len(speakers)} speakers; {counts}")
 
 
 @app.command()
@@ -504,8 +590,9 @@ def export_model(
     _quiet_tensorflow()
     import numpy as np
 
+    from sercli.export import write_litert_export
     from sercli.features import signal_windows
-    from sercli.model import KerasClassifier, ModelError, load_classifier, require_training, write_litert_export
+    from sercli.model import KerasClassifier, ModelError, load_classifier, require_training
 
     try:
         require_training("sercli export-model and its .keras input")
@@ -542,7 +629,7 @@ def models(model: ModelOption = None) -> None:
     table.add_row("labels", ", ".join(card.labels))
     table.add_row("features", json.dumps(card.features))
     table.add_row("normalization", card.normalization)
-    for key in ("data", "training_actors", "validation_actors", "clips", "epochs_run"):
+    for key in ("data", "training_speakers", "training_actors", "validation_speakers", "validation_actors", "clips"):
         if key in card.training:
             table.add_row(key.replace("_", " "), str(card.training[key]))
     Console().print(table)
@@ -550,22 +637,32 @@ def models(model: ModelOption = None) -> None:
 
 
 def _print_metrics(metrics: dict, out: Console = console) -> None:
-    """Print each metrics block (cross-validation pooled, validation, evaluation) as tables."""
+    """Print each metrics block (cross-validation pooled, validation, test, evaluation) as tables."""
     for name, block in metrics.items():
         figures = block.get("pooled", block)
-        title = (
-            f"{name}: UA {figures['unweighted_accuracy']:.3f}, accuracy {figures['accuracy']:.3f}, {figures['n']} clips"
-        )
+        labels = figures.get("labels") or list(figures["per_class_recall"])
+        title = f"{name}: UA {figures['unweighted_accuracy']:.3f}"
+        if figures.get("ua_ci95"):
+            low, high = figures["ua_ci95"]
+            title += f" (95 % CI {low:.3f}-{high:.3f}, {figures['ua_ci95_resampled']} resampled)"
+        title += f", accuracy {figures['accuracy']:.3f}, {figures['n']} clips"
         if "mean_ua" in block:
             title += f" (per-fold UA {block['mean_ua']:.3f} +/- {block['std_ua']:.3f})"
-        table = Table("true \\ predicted", *[e[:4] for e in EMOTIONS], "recall", title=title)
-        for emotion, row in zip(EMOTIONS, figures["confusion"]):
-            recall = figures["per_class_recall"][emotion]
-            table.add_row(emotion, *map(str, row), "-" if recall is None else f"{recall:.2f}")
+        table = Table("true \\ predicted", *[label[:4] for label in labels], "recall", title=title)
+        for label, row in zip(labels, figures["confusion"]):
+            recall = figures["per_class_recall"][label]
+            table.add_row(label, *map(str, row), "-" if recall is None else f"{recall:.2f}")
         out.print(table)
 
 
-def _plot_confusion(confusion: list[list[int]], path: Path) -> None:
+def _print_by_speaker(by_speaker: dict, out: Console = console) -> None:
+    table = Table("speaker", "clips", "UA", "accuracy", title="by speaker")
+    for speaker, figures in by_speaker.items():
+        table.add_row(speaker, str(figures["n"]), f"{figures['unweighted_accuracy']:.3f}", f"{figures['accuracy']:.3f}")
+    out.print(table)
+
+
+def _plot_confusion(confusion: list[list[int]], labels: list[str], path: Path) -> None:
     try:
         import matplotlib
 
@@ -575,8 +672,8 @@ def _plot_confusion(confusion: list[list[int]], path: Path) -> None:
         raise fail("--plot needs matplotlib: pip install 'sercli[plot]'") from None
     figure, axes = plt.subplots(figsize=(7, 6))
     image = axes.imshow(confusion, cmap="Blues")
-    axes.set_xticks(range(len(EMOTIONS)), EMOTIONS, rotation=45, ha="right")
-    axes.set_yticks(range(len(EMOTIONS)), EMOTIONS)
+    axes.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    axes.set_yticks(range(len(labels)), labels)
     axes.set_xlabel("predicted")
     axes.set_ylabel("true")
     for i, row in enumerate(confusion):

@@ -1,91 +1,426 @@
-"""The RAVDESS speech corpus: file-name labels and actor-wise splits.
+"""Labelled recordings: the labels table, known corpus layouts and speaker-wise folds.
 
-RAVDESS (Livingstone & Russo, 2018; CC BY-NC-SA 4.0) names every clip
-``MM-VV-EE-II-SS-RR-AA.ext``: modality (03 audio-only), vocal channel (01
-speech), emotion 01..08 in :data:`sercli.EMOTIONS` order, intensity, statement,
-repetition and actor 01..24 (odd male, even female). The corpus is distributed
-as 48 kHz WAV; any format :mod:`sercli.audio` reads is accepted.
+Training and evaluation read a list of :class:`LabelledClip`. It comes from a
+**labels table** (CSV or Parquet) with the columns
+
+``path`` (required)
+    The recording, relative to the table's folder (or absolute).
+``label`` (required)
+    Any label name; a model's outputs are the labels its training table holds.
+``speaker`` (optional)
+    Who speaks: splits hold out whole speakers, and ``speaker`` normalisation
+    standardises over each speaker's clips. Without it, each recording is its
+    own speaker.
+``start_s``, ``end_s`` (optional)
+    The labelled part of the recording in seconds (both, or neither); empty means
+    the whole recording.
+``split`` (optional)
+    ``train``, ``validation`` or ``test``, when the user fixes the split.
+
+or from a folder in a **known corpus layout** (:data:`LAYOUTS`), whose file names
+(or folder names) carry the labels; ``sercli dataset`` writes such a folder's
+table so the user sees exactly what will be used. Corpus labels are mapped to
+the RAVDESS names of :data:`sercli.EMOTIONS` where one fits (``ANG`` -> ``angry``),
+so a fine-tuned bundled model keeps its output layer.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from sercli import EMOTIONS
 from sercli.files import find_audio_files
 
-_NAME = re.compile(r"^(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})$")
-AUDIO_SUFFIXES = frozenset({".wav", ".flac"})
+SPLITS = ("train", "validation", "test")
+TABLE_COLUMNS = ("path", "label", "speaker", "start_s", "end_s", "split")
+"""Columns a labels table may have; ``path`` and ``label`` are required."""
 
 
 @dataclass(frozen=True)
-class RavdessClip:
-    """One labelled RAVDESS recording."""
+class LabelledClip:
+    """One labelled recording, or a labelled part of one.
+
+    Attributes
+    ----------
+    path : Path
+    label : str
+    speaker : str or None
+        ``None`` when unknown.
+    start_s, end_s : float or None
+        The labelled part of the recording in seconds; ``None`` for the whole recording.
+    split : str or None
+        One of :data:`SPLITS` when fixed by the user.
+    """
 
     path: Path
-    emotion: int
-    """Index into :data:`sercli.EMOTIONS` (file code minus one)."""
-    intensity: int
-    statement: int
-    repetition: int
-    actor: int
+    label: str
+    speaker: str | None = None
+    start_s: float | None = None
+    end_s: float | None = None
+    split: str | None = None
 
     @property
-    def label(self) -> str:
-        """The emotion's name."""
-        return EMOTIONS[self.emotion]
+    def group(self) -> str:
+        """The speaker, or the recording when the speaker is unknown: what splits and normalisation group by."""
+        return self.speaker if self.speaker is not None else f"recording:{self.path}"
 
 
-def parse_ravdess_name(path: str | Path) -> RavdessClip:
-    """Read the labels out of a RAVDESS file name.
+class DatasetError(ValueError):
+    """Labelled data that cannot be used; the message is one line naming the file and the cause."""
 
-    Raises
-    ------
-    ValueError
-        If the name does not follow the RAVDESS scheme or is not audio-only speech.
-    """
-    path = Path(path)
-    match = _NAME.match(path.stem)
+
+def label_order(labels: set[str] | list[str]) -> list[str]:
+    """The output order of a model for these labels: RAVDESS emotions in :data:`sercli.EMOTIONS`
+    order first, then any others alphabetically."""
+    known = [e for e in EMOTIONS if e in labels]
+    return known + sorted(set(labels) - set(EMOTIONS))
+
+
+def natural_key(text: str) -> list:
+    """Sort key comparing digit runs as numbers (``"2" < "10"``)."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
+# Known corpus layouts: a file name -> (label, speaker); ValueError when the name does not fit.
+
+_RAVDESS = re.compile(r"^(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})$")
+
+
+def parse_ravdess(path: Path) -> tuple[str, str]:
+    """RAVDESS ``MM-VV-EE-II-SS-RR-AA``: audio-only (03) speech (01), emotion ``EE`` 01..08 in
+    :data:`sercli.EMOTIONS` order, actor ``AA`` (odd male, even female) as the speaker."""
+    match = _RAVDESS.match(path.stem)
     if not match:
         raise ValueError(f"{path.name} is not a RAVDESS name (MM-VV-EE-II-SS-RR-AA)")
-    modality, channel, emotion, intensity, statement, repetition, actor = map(int, match.groups())
+    modality, channel, emotion = map(int, match.groups()[:3])
     if (modality, channel) != (3, 1):
         raise ValueError(f"{path.name} is not an audio-only speech clip (03-01-...)")
     if not 1 <= emotion <= len(EMOTIONS):
         raise ValueError(f"{path.name} has emotion code {emotion:02d}, outside 01..08")
-    return RavdessClip(path, emotion - 1, intensity, statement, repetition, actor)
+    return EMOTIONS[emotion - 1], match.group(7)
 
 
-def find_ravdess_clips(root: str | Path) -> list[RavdessClip]:
-    """All audio-only speech clips under ``root``, sorted by path.
+_CREMA_D = re.compile(r"^(\d{4})_([A-Z]{3})_(ANG|DIS|FEA|HAP|NEU|SAD)_([A-Z]{2})$")
+_CREMA_D_LABELS = {"ANG": "angry", "DIS": "disgust", "FEA": "fearful", "HAP": "happy", "NEU": "neutral", "SAD": "sad"}
+
+
+def parse_crema_d(path: Path) -> tuple[str, str]:
+    """CREMA-D ``1001_DFA_ANG_XX``: actor, sentence, emotion, intensity."""
+    match = _CREMA_D.match(path.stem)
+    if not match:
+        raise ValueError(f"{path.name} is not a CREMA-D name (1001_DFA_ANG_XX)")
+    return _CREMA_D_LABELS[match.group(3)], match.group(1)
+
+
+_TESS = re.compile(r"^(OAF|YAF)_([A-Za-z]+)_(angry|disgust|fear|happy|neutral|ps|sad)$", re.IGNORECASE)
+_TESS_LABELS = {"fear": "fearful", "ps": "surprised"}
+
+
+def parse_tess(path: Path) -> tuple[str, str]:
+    """TESS ``OAF_back_angry``: speaker (older or younger actress), word, emotion (``ps``: pleasant surprise)."""
+    match = _TESS.match(path.stem)
+    if not match:
+        raise ValueError(f"{path.name} is not a TESS name (OAF_back_angry)")
+    emotion = match.group(3).lower()
+    return _TESS_LABELS.get(emotion, emotion), match.group(1).upper()
+
+
+_SAVEE = re.compile(r"^(DC|JE|JK|KL)_(a|d|f|h|n|sa|su)(\d{2})$")
+_SAVEE_LABELS = {
+    "a": "angry",
+    "d": "disgust",
+    "f": "fearful",
+    "h": "happy",
+    "n": "neutral",
+    "sa": "sad",
+    "su": "surprised",
+}
+
+
+def parse_savee(path: Path) -> tuple[str, str]:
+    """SAVEE ``DC_a01``: speaker, emotion code (``sa`` sadness, ``su`` surprise), sentence."""
+    match = _SAVEE.match(path.stem)
+    if not match:
+        raise ValueError(f"{path.name} is not a SAVEE name (DC_a01)")
+    return _SAVEE_LABELS[match.group(2)], match.group(1)
+
+
+_EMODB = re.compile(r"^(\d{2})([a-b]\d{2})([WLEAFTN])([a-z])$")
+_EMODB_LABELS = {
+    "W": "angry",
+    "L": "bored",
+    "E": "disgust",
+    "A": "fearful",
+    "F": "happy",
+    "T": "sad",
+    "N": "neutral",
+}
+
+
+def parse_emodb(path: Path) -> tuple[str, str]:
+    """Berlin EmoDB ``03a01Fa``: speaker, text, emotion letter (German initials: W Wut, L Langeweile,
+    E Ekel, A Angst, F Freude, T Trauer, N neutral), version."""
+    match = _EMODB.match(path.stem)
+    if not match:
+        raise ValueError(f"{path.name} is not an EmoDB name (03a01Fa)")
+    return _EMODB_LABELS[match.group(3)], match.group(1)
+
+
+LAYOUTS: dict[str, Callable[[Path], tuple[str, str]]] = {
+    "ravdess": parse_ravdess,
+    "crema-d": parse_crema_d,
+    "tess": parse_tess,
+    "savee": parse_savee,
+    "emodb": parse_emodb,
+}
+"""Corpus layouts whose file names carry label and speaker. ``folders`` (one folder per
+label, no speaker) is the further layout :func:`find_clips` reads."""
+LAYOUT_NAMES = (*LAYOUTS, "folders")
+
+
+def find_clips(root: str | Path, layout: str | None = None) -> list[LabelledClip]:
+    """The labelled recordings of a corpus folder, sorted by path.
+
+    Parameters
+    ----------
+    root : str or Path
+        Searched recursively for audio files.
+    layout : str, optional
+        One of :data:`LAYOUT_NAMES`. ``None``: the file-name layout that every
+        audio file fits (files that fit none are skipped when one layout fits
+        most of them). ``folders``: each file's label is the name of its folder.
 
     Raises
     ------
-    ValueError
-        If ``root`` holds no RAVDESS clip.
+    DatasetError
+        If the layout is unknown, cannot be told, or no file fits it.
     """
-    clips = []
-    for path in find_audio_files([root], suffixes=AUDIO_SUFFIXES):
-        try:
-            clips.append(parse_ravdess_name(path))
-        except ValueError:
-            continue
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root} is not a folder")
+    paths = find_audio_files([root])
+    if layout is None:
+        layout = detect_layout(root, paths)
+    if layout == "folders":
+        clips = [LabelledClip(p, p.parent.name) for p in paths if p.parent != root]
+    elif layout in LAYOUTS:
+        clips = []
+        for path in paths:
+            try:
+                label, speaker = LAYOUTS[layout](path)
+            except ValueError:
+                continue
+            clips.append(LabelledClip(path, label, speaker))
+    else:
+        raise DatasetError(f"unknown layout '{layout}': use one of {', '.join(LAYOUT_NAMES)}")
     if not clips:
-        raise ValueError(f"no RAVDESS speech clips (03-01-EE-II-SS-RR-AA.wav/.flac) under {root}")
+        raise DatasetError(f"no {layout} recordings under {root}")
     return clips
 
 
-def actor_folds(actors: list[int], n_folds: int) -> list[list[int]]:
-    """Split actors into ``n_folds`` groups, each as balanced in sex as the numbers allow.
+def detect_layout(root: Path, paths: list[Path]) -> str:
+    """The file-name layout that most audio files under ``root`` fit (at least 90 % of them)."""
+    counts = {name: sum(_fits(parse, p) for p in paths) for name, parse in LAYOUTS.items()}
+    best = max(counts, key=counts.get)
+    if not paths or counts[best] < 0.9 * len(paths):
+        raise DatasetError(
+            f"cannot tell the layout of {root} from its {len(paths)} audio file names: "
+            f"pass --layout ({', '.join(LAYOUT_NAMES)}) or a labels table"
+        )
+    return best
 
-    Male (odd) actors, then female (even) ones, are dealt round-robin, so with 20
-    actors and 2 folds each fold holds 5 men and 5 women, and with 5 folds fold
-    ``k`` holds actors ``2k+1, 2k+11, 2k+2, 2k+12``.
+
+def _fits(parse: Callable[[Path], tuple[str, str]], path: Path) -> bool:
+    try:
+        parse(path)
+    except ValueError:
+        return False
+    return True
+
+
+def read_labels_table(path: str | Path) -> list[LabelledClip]:
+    """The clips of a labels table (CSV or Parquet; columns :data:`TABLE_COLUMNS`).
+
+    Relative paths are taken from the table's folder. Empty ``speaker``,
+    ``start_s``/``end_s`` or ``split`` cells mean unknown, whole recording and
+    not fixed.
+
+    Raises
+    ------
+    DatasetError
+        One line naming the table (and the row, counted from 1 after the header)
+        for an unreadable table, a missing or unknown column, an empty label, a
+        missing recording, bad times, an unknown split, or a speaker in two splits.
     """
-    ordered = sorted(set(actors))
+    import pandas as pd
+
+    path = Path(path)
+    try:
+        if path.suffix.lower() in (".parquet", ".pq"):
+            frame = pd.read_parquet(path)
+        else:
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except FileNotFoundError:
+        raise DatasetError(f"labels table {path} not found") from None
+    except (OSError, ValueError) as error:
+        raise DatasetError(f"cannot read labels table {path}: {str(error).splitlines()[0]}") from None
+    unknown = [c for c in frame.columns if c not in TABLE_COLUMNS]
+    if unknown:
+        raise DatasetError(f"{path}: unknown column '{unknown[0]}' (a labels table has {', '.join(TABLE_COLUMNS)})")
+    missing = [c for c in ("path", "label") if c not in frame.columns]
+    if missing:
+        raise DatasetError(f"{path}: missing column '{missing[0]}'")
+    if frame.empty:
+        raise DatasetError(f"{path}: no rows")
+    clips = [_table_row(path, i, row) for i, row in enumerate(frame.to_dict("records"), start=1)]
+    _check_splits(path, clips)
+    return clips
+
+
+def _cell(row: dict, column: str) -> str | None:
+    """A cell as stripped text, or ``None`` when absent or empty."""
+    value = row.get(column)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def _table_row(table: Path, number: int, row: dict) -> LabelledClip:
+    where = f"{table} row {number}"
+    recording, label = _cell(row, "path"), _cell(row, "label")
+    if recording is None or label is None:
+        raise DatasetError(f"{where}: empty {'path' if recording is None else 'label'}")
+    audio = Path(os.path.normpath(table.parent / recording))  # an absolute path stays as it is
+    if not audio.is_file():
+        raise DatasetError(f"{where}: recording {audio} not found")
+    times = []
+    for column in ("start_s", "end_s"):
+        text = _cell(row, column)
+        try:
+            times.append(None if text is None else float(text))
+        except ValueError:
+            raise DatasetError(f"{where}: {column} '{text}' is not a number of seconds") from None
+    start_s, end_s = times
+    if (start_s is None) != (end_s is None):
+        raise DatasetError(f"{where}: give both start_s and end_s, or neither")
+    if start_s is not None and not 0 <= start_s < end_s:
+        raise DatasetError(f"{where}: start_s {start_s} and end_s {end_s} do not make an interval")
+    split = _cell(row, "split")
+    if split is not None and split.lower() not in SPLITS:
+        raise DatasetError(f"{where}: split '{split}' is not one of {', '.join(SPLITS)}")
+    return LabelledClip(audio, label, _cell(row, "speaker"), start_s, end_s, split and split.lower())
+
+
+def _check_splits(table: Path, clips: list[LabelledClip]) -> None:
+    """A speaker's clips must all be in one split (a fixed split is speaker-independent)."""
+    seen: dict[str, str] = {}
+    for clip in clips:
+        if clip.speaker is None or clip.split is None:
+            continue
+        first = seen.setdefault(clip.speaker, clip.split)
+        if first != clip.split:
+            raise DatasetError(f"{table}: speaker '{clip.speaker}' is in both the {first} and the {clip.split} split")
+
+
+CORPORA = {
+    "ravdess": "RAVDESS speech (Livingstone & Russo 2018, CC BY-NC-SA 4.0)",
+    "crema-d": "CREMA-D (Cao et al. 2014, ODbL)",
+    "tess": "TESS (Dupuis & Pichora-Fuller 2010, CC BY-NC-ND 4.0)",
+    "savee": "SAVEE (Haq & Jackson 2009)",
+    "emodb": "Berlin EmoDB (Burkhardt et al. 2005)",
+}
+"""Each file-name layout's corpus, with its reference and licence, as model cards credit it."""
+
+
+def load_clips(source: str | Path, layout: str | None = None) -> tuple[list[LabelledClip], str]:
+    """Clips from a labels table (a ``.csv``/``.parquet`` file) or a corpus folder (:func:`find_clips`).
+
+    Returns
+    -------
+    (list of LabelledClip, str)
+        The clips, and what they are (the corpus and its credit, or the table's name) for a model card.
+    """
+    source = Path(source)
+    if source.is_dir():
+        layout = layout or detect_layout(source, find_audio_files([source]))
+        clips = find_clips(source, layout)
+        return clips, CORPORA.get(layout, f"one folder per label ({source.name})")
+    if layout is not None:
+        raise DatasetError(f"--layout is for corpus folders; {source} is a labels table")
+    return read_labels_table(source), f"labels table {source.name}"
+
+
+def write_labels_table(clips: list[LabelledClip], path: str | Path) -> None:
+    """Write clips as a labels table (CSV or Parquet by suffix), paths relative to the table's folder
+    where they can be, atomically."""
+    import pandas as pd
+
+    from sercli.writers import atomic_output
+
+    path = Path(path)
+    folder = path.resolve().parent
+    frame = pd.DataFrame(
+        {
+            "path": [Path(os.path.relpath(c.path.resolve(), folder)).as_posix() for c in clips],
+            "label": [c.label for c in clips],
+            "speaker": [c.speaker for c in clips],
+            "start_s": [c.start_s for c in clips],
+            "end_s": [c.end_s for c in clips],
+            "split": [c.split for c in clips],
+        }
+    ).dropna(axis=1, how="all")
+    with atomic_output(path) as partial:
+        if path.suffix.lower() in (".parquet", ".pq"):
+            frame.to_parquet(partial, index=False)
+        else:
+            frame.to_csv(partial, index=False, lineterminator="\n")
+
+
+def check_known_labels(clips: list[LabelledClip], labels: list[str]) -> None:
+    """Raise :class:`DatasetError` if a clip's label is not one of ``labels`` (a model's outputs)."""
+    unknown = sorted({clip.label for clip in clips} - set(labels))
+    if unknown:
+        raise DatasetError(f"label '{unknown[0]}' is not one of the model's labels ({', '.join(labels)})")
+
+
+def label_counts(clips: list[LabelledClip]) -> dict[str, int]:
+    """Clips per label, in :func:`label_order`."""
+    labels = [c.label for c in clips]
+    return {label: labels.count(label) for label in label_order(set(labels))}
+
+
+def speaker_folds(speakers: list[str], n_folds: int) -> list[list[str]]:
+    """Split speakers into ``n_folds`` groups for leave-speakers-out cross-validation.
+
+    Speakers are put in natural order (:func:`natural_key`), every other one
+    first (positions 0, 2, 4, ..., then 1, 3, ...), and dealt round-robin. For a
+    corpus numbering its speakers by alternating sex, as RAVDESS does (odd male,
+    even female), each fold is balanced in sex: 20 actors in 2 folds give 5 men
+    and 5 women each, and in 5 folds fold ``k`` holds actors ``2k+1, 2k+11, 2k+2, 2k+12``.
+    """
+    ordered = sorted(set(speakers), key=natural_key)
     if not 2 <= n_folds <= len(ordered):
-        raise ValueError(f"cannot make {n_folds} folds from {len(ordered)} actors")
-    men_then_women = [a for a in ordered if a % 2] + [a for a in ordered if a % 2 == 0]
-    return [sorted(men_then_women[k::n_folds]) for k in range(n_folds)]
+        raise DatasetError(f"cannot make {n_folds} folds from {len(ordered)} speakers")
+    interleaved = ordered[0::2] + ordered[1::2]
+    return [sorted(interleaved[k::n_folds], key=natural_key) for k in range(n_folds)]
+
+
+def validation_speakers(speakers: list[str]) -> list[str]:
+    """Early-stopping speakers taken from training speakers: the last two in natural order (a man and
+    a woman in RAVDESS), or only the last when that would leave fewer than two to train on."""
+    ordered = sorted(set(speakers), key=natural_key)
+    count = 2 if len(ordered) >= 4 else 1
+    return ordered[-count:] if len(ordered) >= 2 else []
+
+
+def clip_groups(clips: list[LabelledClip]) -> np.ndarray:
+    """Each clip's :attr:`LabelledClip.group`, shape ``(n_clips,)``."""
+    return np.array([clip.group for clip in clips], dtype=object)

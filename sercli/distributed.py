@@ -94,9 +94,10 @@ def annotate_part(
     list of FileOutcome
         Each recording's outcome, without its rows (they are in the file).
     """
-    outcomes = list(annotate_files(paths, _classifier(model_path), vad, normalization=normalization))
+    classifier = _classifier(model_path)
+    outcomes = list(annotate_files(paths, classifier, vad, normalization=normalization))
     rows = [row for outcome in outcomes for row in outcome.rows]
-    write_results(sort_results(results_frame(rows)), part, metadata)
+    write_results(sort_results(results_frame(rows, classifier.card.labels)), part, metadata)
     return [FileOutcome(o.path, [], o.error, o.audio_s) for o in outcomes]
 
 

@@ -1,4 +1,4 @@
-"""Evaluating a classifier on labelled RAVDESS-layout clips, at clip level.
+"""Evaluating a classifier on labelled clips (:class:`sercli.datasets.LabelledClip`), at clip level.
 
 Clips go through the same code as annotation (:func:`sercli.pipeline.segment_frames`:
 resample to 16 kHz, VAD, MFCCs, then :func:`sercli.features.mfcc_windows`), so
@@ -10,15 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from sercli import EMOTIONS
 from sercli.audio import read_audio
-from sercli.datasets import RavdessClip
+from sercli.datasets import LabelledClip, check_known_labels, clip_groups, label_order, natural_key
 from sercli.features import FeatureConfig, mfcc, mfcc_windows
 from sercli.normalization import FrameStats
 from sercli.pipeline import segment_frames
@@ -38,19 +37,29 @@ class ClipFeatures:
         Per clip, per speech segment, MFCCs of shape ``(n_frames, n_mfcc)``. A clip
         where VAD finds no speech is analysed whole, as one segment: its label says
         it holds speech.
-    clips : list of RavdessClip
+    clips : list of LabelledClip
     """
 
     frames: list[list[np.ndarray]]
-    clips: list[RavdessClip]
+    clips: list[LabelledClip]
 
     @property
     def stats(self) -> np.ndarray:
         """Each clip's frame statistics (:meth:`FrameStats.to_array`), shape ``(n_clips, 3, n_mfcc)``."""
         return np.stack([FrameStats.of(np.concatenate(segments)).to_array() for segments in self.frames])
 
-    def windows(self, window_frames: int, hop_frames: int) -> WindowSet:
-        """Model input windows of every segment, cut as :func:`sercli.features.mfcc_windows` cuts them."""
+    def windows(self, window_frames: int, hop_frames: int, labels: list[str] | None = None) -> WindowSet:
+        """Model input windows of every segment, cut as :func:`sercli.features.mfcc_windows` cuts them.
+
+        ``labels`` is the class order (default: :func:`sercli.datasets.label_order` of the clips' labels).
+
+        Raises
+        ------
+        sercli.datasets.DatasetError
+            If a clip's label is not in ``labels``.
+        """
+        labels = label_order({c.label for c in self.clips}) if labels is None else list(labels)
+        check_known_labels(self.clips, labels)
         cut = [[mfcc_windows(f, window_frames, hop_frames) for f in segments] for segments in self.frames]
         counts = [sum(len(w) for w in clip) for clip in cut]
         return WindowSet(
@@ -58,6 +67,7 @@ class ClipFeatures:
             np.repeat(np.arange(len(self.clips)), counts),
             self.clips,
             self.stats,
+            labels,
         )
 
 
@@ -71,29 +81,29 @@ class WindowSet:
         Not normalised.
     clip_index : np.ndarray, shape (n_windows,), int
         Which clip (index into ``clips``) each window comes from.
-    clips : list of RavdessClip
+    clips : list of LabelledClip
     clip_stats : np.ndarray, shape (n_clips, 3, n_mfcc)
         Each clip's :class:`FrameStats` as an array, for normalising over groups of clips.
+    labels : list of str
+        The class order: label indices point into it.
     """
 
     windows: np.ndarray
     clip_index: np.ndarray
-    clips: list[RavdessClip]
+    clips: list[LabelledClip]
     clip_stats: np.ndarray
-
-    @property
-    def labels(self) -> np.ndarray:
-        """Emotion index of each window, shape ``(n_windows,)``."""
-        return self.clip_labels[self.clip_index]
+    labels: list[str]
 
     @property
     def clip_labels(self) -> np.ndarray:
-        """Emotion index of each clip, shape ``(n_clips,)``."""
-        return np.array([clip.emotion for clip in self.clips], dtype=np.int64)
+        """Label index of each clip, shape ``(n_clips,)``."""
+        index = {label: i for i, label in enumerate(self.labels)}
+        return np.array([index[clip.label] for clip in self.clips], dtype=np.int64)
 
-    def for_actors(self, actors: set[int] | list[int]) -> WindowSet:
-        """The windows of the given actors' clips only."""
-        keep_clips = [i for i, clip in enumerate(self.clips) if clip.actor in set(actors)]
+    def for_speakers(self, speakers: set[str] | list[str]) -> WindowSet:
+        """The windows of the clips of the given speakers (:attr:`LabelledClip.group`) only."""
+        speakers = set(speakers)
+        keep_clips = [i for i, clip in enumerate(self.clips) if clip.group in speakers]
         renumber = np.full(len(self.clips), -1)
         renumber[keep_clips] = np.arange(len(keep_clips))
         mask = np.isin(self.clip_index, keep_clips)
@@ -102,14 +112,16 @@ class WindowSet:
             renumber[self.clip_index[mask]],
             [self.clips[i] for i in keep_clips],
             self.clip_stats[keep_clips],
+            self.labels,
         )
 
     def normalized(self, normalization: str) -> np.ndarray:
-        """The windows standardised over each actor's clips (``speaker``), each clip (``recording``) or not (``none``)."""
+        """The windows standardised over each speaker's clips (``speaker``), each clip (``recording``)
+        or not (``none``)."""
         if normalization == "none":
             return self.windows
         if normalization == "speaker":
-            groups = np.array([clip.actor for clip in self.clips])
+            groups = clip_groups(self.clips)
         elif normalization == "recording":
             groups = np.arange(len(self.clips))
         else:
@@ -154,8 +166,36 @@ Degrade = Callable[[np.ndarray, int], np.ndarray]
 """``(signal, index of the clip) -> degraded signal``, both at the analysis rate."""
 
 
+def read_clip(clip: LabelledClip, sample_rate: int, recording: np.ndarray | None = None) -> np.ndarray:
+    """A clip's signal, mono at ``sample_rate`` Hz: its ``start_s``..``end_s`` part when it has one.
+
+    ``recording``, when given, is the whole recording already decoded at that rate.
+
+    Raises
+    ------
+    ValueError
+        If the labelled part lies beyond the end of the recording.
+    """
+    signal = read_audio(clip.path, sample_rate) if recording is None else recording
+    if clip.start_s is None:
+        return signal
+    start, end = round(clip.start_s * sample_rate), round(clip.end_s * sample_rate)
+    if start >= len(signal):
+        raise ValueError(f"{clip.path}: start_s {clip.start_s} is past the end ({len(signal) / sample_rate:.2f} s)")
+    return signal[start:end]
+
+
+def iter_clips(clips: list[LabelledClip], sample_rate: int) -> Iterator[np.ndarray]:
+    """Every clip's signal in turn (:func:`read_clip`), decoding a recording once for adjacent parts of it."""
+    recording: tuple[Path | None, np.ndarray | None] = (None, None)
+    for clip in clips:
+        if recording[0] != clip.path:
+            recording = (clip.path, read_audio(clip.path, sample_rate))
+        yield read_clip(clip, sample_rate, recording[1])
+
+
 def extract_features(
-    clips: list[RavdessClip],
+    clips: list[LabelledClip],
     features: FeatureConfig,
     vad: VadConfig,
     degrade: Degrade | None = None,
@@ -167,8 +207,7 @@ def extract_features(
     before VAD and features.
     """
     frames = []
-    for index, clip in enumerate(clips):
-        signal = read_audio(clip.path, features.sample_rate)
+    for index, (clip, signal) in enumerate(zip(clips, iter_clips(clips, features.sample_rate))):
         if degrade is not None:
             signal = degrade(signal, index)
         segments = [f for _, f in segment_frames([signal], features, vad)]
@@ -182,7 +221,7 @@ def extract_features(
 def cached_features(
     cache: Path | None,
     key: dict,
-    clips: list[RavdessClip],
+    clips: list[LabelledClip],
     features: FeatureConfig,
     vad: VadConfig,
     degrade: Degrade | None = None,
@@ -200,6 +239,7 @@ def cached_features(
         "features": features.to_dict(),
         "vad": asdict(vad),
         "clips": [(c.path.name, c.path.stat().st_size) for c in clips],
+        "parts": [(c.start_s, c.end_s) for c in clips if c.start_s is not None],
     }
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
     path = Path(cache) / f"features-{digest}.npz"
@@ -221,13 +261,14 @@ def cached_features(
     return result
 
 
-def classification_metrics(true: np.ndarray, predicted: np.ndarray, n_classes: int = len(EMOTIONS)) -> dict:
+def classification_metrics(true: np.ndarray, predicted: np.ndarray, labels: list[str]) -> dict:
     """Accuracy, unweighted accuracy (mean per-class recall), per-class recall and confusion.
 
     Parameters
     ----------
     true, predicted : np.ndarray of int, shape (n,)
-        Class indices.
+        Class indices into ``labels``.
+    labels : list of str
 
     Returns
     -------
@@ -236,6 +277,7 @@ def classification_metrics(true: np.ndarray, predicted: np.ndarray, n_classes: i
         ``None`` for a class absent from ``true``), ``confusion`` (rows true, columns
         predicted, as nested lists) and ``n``.
     """
+    n_classes = len(labels)
     confusion = np.zeros((n_classes, n_classes), dtype=np.int64)
     np.add.at(confusion, (true, predicted), 1)
     support = confusion.sum(axis=1)
@@ -244,7 +286,8 @@ def classification_metrics(true: np.ndarray, predicted: np.ndarray, n_classes: i
         "n": len(true),
         "accuracy": float(np.mean(true == predicted)) if len(true) else math.nan,
         "unweighted_accuracy": float(np.nanmean(recall)) if support.any() else math.nan,
-        "per_class_recall": {EMOTIONS[i]: (None if np.isnan(r) else float(r)) for i, r in enumerate(recall)},
+        "labels": list(labels),
+        "per_class_recall": {labels[i]: (None if np.isnan(r) else float(r)) for i, r in enumerate(recall)},
         "confusion": confusion.tolist(),
     }
 
@@ -262,4 +305,77 @@ def evaluate_windows(
     """Clip-level metrics of a window classifier on a labelled :class:`WindowSet`,
     its windows normalised as :meth:`WindowSet.normalized` says."""
     predicted = clip_probabilities(predict(data.normalized(normalization)), data).argmax(axis=1)
-    return classification_metrics(data.clip_labels, predicted)
+    return classification_metrics(data.clip_labels, predicted, data.labels)
+
+
+def bootstrap_ua_interval(
+    true: np.ndarray,
+    predicted: np.ndarray,
+    groups: np.ndarray | None = None,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """95 % bootstrap (percentile) interval of the unweighted accuracy.
+
+    Parameters
+    ----------
+    true, predicted : np.ndarray of int, shape (n,)
+        Class indices.
+    groups : np.ndarray, shape (n,), optional
+        Speaker of each clip: whole speakers are resampled (clips of one speaker
+        are not independent, so resampling clips would give too narrow an
+        interval). ``None``: clips are resampled.
+    resamples : int
+    seed : int
+
+    Returns
+    -------
+    (float, float)
+        The 2.5th and 97.5th percentiles of the resampled UA.
+    """
+    n_classes = int(max(true.max(), predicted.max())) + 1
+    units = np.arange(len(true)) if groups is None else np.unique(groups, return_inverse=True)[1]
+    n_units = units.max() + 1
+    # each unit's confusion counts: a resample's confusion is the sum over the units drawn
+    per_unit = np.zeros((n_units, n_classes * n_classes))
+    np.add.at(per_unit, (units, true * n_classes + predicted), 1)
+    rng = np.random.default_rng(seed)
+    confusions = np.concatenate(
+        [
+            np.stack([np.bincount(d, minlength=n_units) for d in rng.integers(0, n_units, (chunk, n_units))]) @ per_unit
+            for chunk in np.diff(np.r_[0:resamples:250, resamples])
+        ]
+    ).reshape(resamples, n_classes, n_classes)
+    support = confusions.sum(axis=2)
+    recall = np.divide(
+        np.diagonal(confusions, axis1=1, axis2=2), support, out=np.full(support.shape, np.nan), where=support > 0
+    )
+    ua = np.nanmean(recall, axis=1)
+    low, high = np.percentile(ua, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def evaluate_clips(
+    predict: Callable[[np.ndarray], np.ndarray],
+    data: WindowSet,
+    normalization: str = "speaker",
+    by_speaker: bool = False,
+    seed: int = 0,
+) -> dict:
+    """:func:`classification_metrics` of a window classifier on labelled clips, with a 95 % bootstrap
+    interval on UA (``ua_ci95``; speakers resampled when the clips have speakers) and, with
+    ``by_speaker``, the metrics of each speaker's clips (``by_speaker``: speaker -> metrics)."""
+    probabilities = clip_probabilities(predict(data.normalized(normalization)), data)
+    true, predicted = data.clip_labels, probabilities.argmax(axis=1)
+    metrics = classification_metrics(true, predicted, data.labels)
+    speakers = [clip.speaker for clip in data.clips]
+    groups = np.array(speakers, dtype=object) if all(s is not None for s in speakers) else None
+    metrics["ua_ci95"] = list(bootstrap_ua_interval(true, predicted, groups, seed=seed)) if len(true) else None
+    metrics["ua_ci95_resampled"] = "speakers" if groups is not None else "clips"
+    if by_speaker:
+        metrics["by_speaker"] = {
+            speaker: classification_metrics(true[members], predicted[members], data.labels)
+            for speaker in sorted({c.group for c in data.clips}, key=natural_key)
+            for members in [np.array([c.group == speaker for c in data.clips])]
+        }
+    return metrics

@@ -1,9 +1,11 @@
-"""The emotion model: its definition, its card, and loading it for inference.
+"""The emotion model for inference: its card, and loading it as a classifier.
 
-A model is a ``.keras`` file with a JSON model card beside it (same stem). The
-card names the label order and the feature configuration the model was trained
-with, so a model can never be fed features it was not trained on. TensorFlow is
-imported only inside the functions that need it.
+A model is a ``.keras`` file (and its LiteRT ``.tflite`` export) with a JSON
+model card beside it (same stem). The card names the label order and the
+feature configuration the model was trained with, so a model can never be fed
+features it was not trained on. TensorFlow is imported only inside the
+functions that need it; the architecture is :mod:`sercli.architecture`, the
+export :mod:`sercli.export`.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import json
 import os
 import queue
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -22,7 +24,6 @@ from typing import Protocol
 
 import numpy as np
 
-from sercli import EMOTIONS
 from sercli.features import FeatureConfig
 
 BUNDLED_MODEL_NAME = "sercli-cnn-bilstm"
@@ -45,7 +46,8 @@ class ModelCard:
     name, version : str
         Model identity.
     labels : list of str
-        Output order of the softmax.
+        Output order of the softmax: the 8 RAVDESS emotions (:data:`sercli.EMOTIONS`)
+        for the bundled model, any two or more names for a model trained on a labels table.
     features : dict
         :class:`FeatureConfig` fields the model expects.
     normalization : str
@@ -56,7 +58,7 @@ class ModelCard:
     sha256 : str
         Hex digest of the ``.keras`` weights file.
     training : dict
-        Data, actors, hyper-parameters and package versions of the training run.
+        Data, speakers, hyper-parameters and package versions of the training run.
     metrics : dict
         Validation figures (cross-validated where available).
     exports : dict
@@ -99,8 +101,14 @@ class ModelCard:
             raise ModelError(f"model card {path} not found") from None
         except (ValueError, TypeError) as error:
             raise ModelError(f"model card {path} is invalid: {error}") from None
-        if tuple(card.labels) != EMOTIONS:
-            raise ModelError(f"model card {path} labels {card.labels} are not the 8 RAVDESS emotions in order")
+        labels = card.labels
+        if (
+            not isinstance(labels, list)
+            or len(labels) < 2
+            or not all(isinstance(label, str) and label.strip() for label in labels)
+            or len(set(labels)) != len(labels)
+        ):
+            raise ModelError(f"model card {path} labels {labels} are not two or more distinct names")
         if config.window_frames <= 0 or config.n_mfcc <= 0:
             raise ModelError(f"model card {path} has an empty feature window")
         return card
@@ -131,45 +139,6 @@ def bundled_model_path(suffix: str = ".tflite") -> Path:
         if (folder / f"{BUNDLED_MODEL_NAME}{suffix}").exists():
             return folder / f"{BUNDLED_MODEL_NAME}{suffix}"
     raise ModelError("the bundled model is missing from this installation; pass --model")
-
-
-def build_cnn_bilstm(
-    feature_mean: np.ndarray,
-    feature_std: np.ndarray,
-    window_frames: int = 100,
-    n_coeffs: int = 40,
-    n_classes: int = len(EMOTIONS),
-):
-    """The CNN-BiLSTM classifier, uncompiled.
-
-    Input ``(window_frames, n_coeffs, 1)`` MFCC windows, normalised per coefficient
-    inside the model with the training set's ``feature_mean`` and ``feature_std``
-    (each shape ``(n_coeffs,)``); then Conv2D 64 + BN + ReLU + 2x2 max-pool +
-    dropout 0.3, Conv2D 128 + BN + ReLU + 2x2 max-pool + dropout 0.3, reshape to
-    ``window_frames / 4`` steps, BiLSTM 128 (sequences), BiLSTM 128, Dense 256
-    ReLU, dropout 0.5, softmax over ``n_classes``.
-    """
-    import keras
-    from keras import layers
-
-    steps, bins = window_frames // 4, n_coeffs // 4
-    inputs = keras.Input((window_frames, n_coeffs, 1), name="mfcc")
-    x = layers.Normalization(
-        axis=2, mean=np.asarray(feature_mean).reshape(-1), variance=np.square(np.asarray(feature_std)).reshape(-1)
-    )(inputs)
-    for filters in (64, 128):
-        x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
-        x = layers.BatchNormalization()(x)
-        x = layers.ReLU()(x)
-        x = layers.MaxPooling2D(2)(x)
-        x = layers.Dropout(0.3)(x)
-    x = layers.Reshape((steps, bins * 128))(x)
-    x = layers.Bidirectional(layers.LSTM(128, return_sequences=True))(x)
-    x = layers.Bidirectional(layers.LSTM(128))(x)
-    x = layers.Dense(256, activation="relu")(x)
-    x = layers.Dropout(0.5)(x)
-    outputs = layers.Dense(n_classes, activation="softmax", name="emotion")(x)
-    return keras.Model(inputs, outputs, name="cnn_bilstm")
 
 
 class Classifier(Protocol):
@@ -301,138 +270,6 @@ def require_training(what: str = "training") -> None:
 
     if find_spec("tensorflow") is None or find_spec("keras") is None:
         raise ModelError(f"{what} need TensorFlow: pip install 'sercli[train]' (annotation runs without it)")
-
-
-def export_litert(model, path: str | Path, batch: int = LITERT_BATCH, quantize: bool = True) -> None:
-    """Convert a Keras model to LiteRT with built-in ops only, for a fixed batch size.
-
-    The model must be a chain of layers, as :func:`build_cnn_bilstm` makes; its
-    BiLSTMs are exported as :func:`unrolled_bidirectional_lstm` rebuilds them.
-
-    Parameters
-    ----------
-    model : keras.Model
-    path : str or Path
-        Output ``.tflite`` file.
-    batch : int
-        Windows per inference call of the export.
-    quantize : bool
-        Dynamic-range int8 weights (about 2x faster on CPU, outputs within ~1e-3).
-    """
-    import keras
-    import tensorflow as tf
-
-    inputs = outputs = keras.Input(model.input_shape[1:], batch_size=batch)
-    for layer in model.layers[1:]:
-        bidirectional = isinstance(layer, keras.layers.Bidirectional)
-        outputs = unrolled_bidirectional_lstm(layer, outputs) if bidirectional else layer(outputs)
-    converter = tf.lite.TFLiteConverter.from_keras_model(keras.Model(inputs, outputs))
-    if quantize:
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    with quiet_native_output(fds=(1, 2)):
-        flatbuffer = converter.convert()
-    Path(path).write_bytes(flatbuffer)
-
-
-def unrolled_bidirectional_lstm(layer, inputs):
-    """A ``Bidirectional(LSTM)`` layer applied to ``inputs``, rebuilt from its weights as plain ops.
-
-    Keras 3 LSTMs convert to LiteRT ``WHILE`` loops, and each loop step multiplies
-    its own input by the input kernel. Here the input projections of all steps and
-    both directions are one matrix product, and the recurrences are unrolled, so
-    XNNPACK runs them in one piece: the whole bundled model's export takes 0.88 ms
-    a window on one core instead of 1.05 ms. Outputs equal the layer's up to float
-    rounding.
-
-    Parameters
-    ----------
-    layer : keras.layers.Bidirectional
-        Wrapping an ``LSTM`` with tanh and sigmoid activations and a bias,
-        merged by concatenation.
-    inputs : KerasTensor, shape (batch, steps, features)
-
-    Returns
-    -------
-    KerasTensor, shape (batch, steps, 2 * units), or (batch, 2 * units) when
-    the LSTM returns only its last output.
-    """
-    from keras import activations, ops
-
-    cells = layer.forward_layer.cell, layer.backward_layer.cell
-    for cell in cells:
-        if (cell.activation, cell.recurrent_activation) != (activations.tanh, activations.sigmoid) or not cell.use_bias:
-            raise ModelError(f"cannot export {layer.name}: only LSTMs with tanh/sigmoid activations and a bias")
-    if layer.merge_mode != "concat":
-        raise ModelError(f"cannot export {layer.name}: only merge_mode='concat'")
-    kernel = np.concatenate([cell.kernel.numpy() for cell in cells], axis=1)
-    bias = np.concatenate([cell.bias.numpy() for cell in cells])
-    steps = range(inputs.shape[1])
-    projected = ops.split(ops.matmul(inputs, kernel) + bias, 2, axis=-1)
-    forward, backward = (
-        _lstm_recurrence(ops.unstack(gates, axis=1), cell.recurrent_kernel.numpy(), order)
-        for gates, cell, order in zip(projected, cells, (steps, reversed(steps)))
-    )
-    if layer.return_sequences:
-        return ops.concatenate([ops.stack(forward, axis=1), ops.stack(backward, axis=1)], axis=-1)
-    return ops.concatenate([forward[-1], backward[0]], axis=-1)
-
-
-def _lstm_recurrence(input_gates: list, recurrent_kernel: np.ndarray, order: Iterable[int]) -> list:
-    """One LSTM direction: the hidden state after each step, in step order.
-
-    ``input_gates[t]`` is step ``t``'s input projection plus bias, shape
-    ``(batch, 4 * units)`` in Keras's gate order (input, forget, cell, output);
-    the steps are taken in ``order``, starting from zero state.
-    """
-    from keras import ops
-
-    hidden, cell = [None] * len(input_gates), None
-    previous = None
-    for step in order:
-        gates = input_gates[step] if previous is None else input_gates[step] + ops.matmul(previous, recurrent_kernel)
-        input_gate, forget_gate, candidate, output_gate = ops.split(gates, 4, axis=-1)
-        written = ops.sigmoid(input_gate) * ops.tanh(candidate)
-        cell = written if cell is None else ops.sigmoid(forget_gate) * cell + written
-        previous = hidden[step] = ops.sigmoid(output_gate) * ops.tanh(cell)
-    return hidden
-
-
-def save_model(model, path: str | Path, card: ModelCard, check_windows: np.ndarray) -> None:
-    """Write a model as ``.keras`` (no optimizer state) and ``.tflite``, with the card beside them.
-
-    See :func:`write_litert_export` for ``check_windows``.
-    """
-    import keras
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    inference = keras.Model.from_config(model.get_config())  # uncompiled: clone_model keeps the optimizer (3x size)
-    inference.set_weights(model.get_weights())
-    inference.save(path)
-    card.sha256 = file_sha256(path)
-    write_litert_export(inference, path, card, check_windows)
-
-
-def write_litert_export(model, path: str | Path, card: ModelCard, check_windows: np.ndarray) -> None:
-    """Export a model saved at ``path`` (``.keras``) to LiteRT beside it, and record the export in its card.
-
-    The export's outputs are compared with the Keras model's on ``check_windows``
-    (shape ``(n, frames, coeffs)``) and the largest difference is recorded.
-    """
-    path = Path(path)
-    litert_path = path.with_suffix(".tflite")
-    export_litert(model, litert_path)
-    expected = model.predict(check_windows[..., None], batch_size=PREDICT_BATCH, verbose=0)
-    difference = np.abs(LiteRTClassifier(litert_path, card).predict_proba(check_windows) - expected).max()
-    card.exports["litert"] = {
-        "file": litert_path.name,
-        "sha256": file_sha256(litert_path),
-        "batch": LITERT_BATCH,
-        "quantization": "dynamic-range int8 weights",
-        "max_abs_difference_from_keras": float(difference),
-        "checked_windows": len(check_windows),
-    }
-    card.write(card_path(path))
 
 
 @contextmanager

@@ -84,7 +84,7 @@ class SegmentEmotion:
     start_s, end_s : float
         Segment bounds in seconds from the start of the recording.
     label : str or None
-        Most probable emotion.
+        Most probable label.
     confidence : float
         Its probability.
     probabilities : np.ndarray, shape (n_labels,)

@@ -1,13 +1,13 @@
 """The robustness benchmark: how well models label speakers they never heard, under degraded conditions.
 
 Clean labelled clips are degraded one condition at a time (:data:`sercli.augment.CONDITIONS`),
-and every system is scored by leave-actors-out cross-validation: in fold ``k`` it
-was trained on other actors (clean clips) and labels the fold's test actors'
-clips under each condition. Babble is made of the other test actors of the same
+and every system is scored by leave-speakers-out cross-validation: in fold ``k`` it
+was trained on other speakers (clean clips) and labels the fold's test speakers'
+clips under each condition. Babble is made of the other test speakers of the same
 fold. Two kinds of system are compared side by side:
 
 - :class:`CnnFolds`: the CNN-BiLSTM fold models of :func:`sercli.training.cross_validate`,
-  on MFCC windows normalised over each actor's clips (``speaker``), each clip
+  on MFCC windows normalised over each speaker's clips (``speaker``), each clip
   (``recording``) or not at all (``none``);
 - :class:`OpenSmileBaseline`: openSMILE eGeMAPSv02 functionals with a logistic
   regression, standardised per speaker or globally (``opensmile`` and
@@ -25,10 +25,9 @@ from typing import Protocol
 
 import numpy as np
 
-from sercli.audio import read_audio
 from sercli.augment import CONDITIONS
-from sercli.datasets import RavdessClip
-from sercli.evaluation import ClipFeatures, Log, cached_features, classification_metrics, clip_probabilities
+from sercli.datasets import LabelledClip, clip_groups, label_order
+from sercli.evaluation import ClipFeatures, Log, cached_features, classification_metrics, clip_probabilities, iter_clips
 from sercli.features import FeatureConfig
 from sercli.vad import VadConfig
 
@@ -41,7 +40,7 @@ class ConditionData:
     ----------
     name : str
         The condition (a key of :data:`sercli.augment.CONDITIONS`).
-    clips : list of RavdessClip
+    clips : list of LabelledClip
     signals : list of np.ndarray
         Each clip degraded, mono at ``sample_rate`` Hz.
     sample_rate : int
@@ -51,7 +50,7 @@ class ConditionData:
     """
 
     name: str
-    clips: list[RavdessClip]
+    clips: list[LabelledClip]
     signals: list[np.ndarray]
     sample_rate: int
     features: ClipFeatures
@@ -71,9 +70,9 @@ class System(Protocol):
 
 def condition_data(
     name: str,
-    clips: list[RavdessClip],
+    clips: list[LabelledClip],
     clean_signals: list[np.ndarray],
-    folds: list[list[int]],
+    folds: list[list[str]],
     features: FeatureConfig,
     vad: VadConfig,
     seed: int = 0,
@@ -81,26 +80,21 @@ def condition_data(
 ) -> ConditionData:
     """Degrade every clip by condition ``name``; clip ``i`` draws from a generator seeded by ``(seed, i)``.
 
-    Babble for a clip mixes clips of the other actors of its fold (``folds``: test actors of each fold).
+    Babble for a clip mixes clips of the other speakers of its fold (``folds``: test speakers of each fold).
     """
-    fold_of = {actor: k for k, actors in enumerate(folds) for actor in actors}
-    actors = np.array([clip.actor for clip in clips])
+    fold_of = {speaker: k for k, speakers in enumerate(folds) for speaker in speakers}
+    speakers = clip_groups(clips)
     degrade = CONDITIONS[name]
     signals = []
-    for i, clip in enumerate(clips):
+    for i, speaker in enumerate(speakers):
         rng = np.random.default_rng([seed, i])
-        others = [a for a in folds[fold_of[clip.actor]] if a != clip.actor]
-        candidates = np.flatnonzero(np.isin(actors, others))
+        others = [s for s in folds[fold_of[speaker]] if s != speaker]
+        candidates = np.flatnonzero(np.isin(speakers, others))
         chosen = rng.choice(candidates, size=min(8, len(candidates)), replace=False) if len(candidates) else []
         signals.append(degrade(clean_signals[i], features.sample_rate, rng, [clean_signals[j] for j in chosen]))
     key = {"condition": name, "seed": seed, "folds": folds}
     extracted = cached_features(cache, key, clips, features, vad, degrade=lambda _, i: signals[i])
     return ConditionData(name, clips, signals, features.sample_rate, extracted)
-
-
-def speaker_groups(clips: Sequence[RavdessClip]) -> np.ndarray:
-    """Each clip's actor: the groups of ``speaker`` normalisation."""
-    return np.array([clip.actor for clip in clips])
 
 
 class CnnFolds:
@@ -127,7 +121,7 @@ class CnnFolds:
                 self.features.window_frames, self.features.window_hop_frames
             )
         windows = self._windows[data.name]
-        subset = windows.for_actors({data.clips[i].actor for i in test})
+        subset = windows.for_speakers({data.clips[i].group for i in test})
         probabilities = self.predictors[fold](subset.normalized(self.normalization))
         return clip_probabilities(probabilities, subset).argmax(axis=1)
 
@@ -135,7 +129,7 @@ class CnnFolds:
 class OpenSmileBaseline:
     """openSMILE eGeMAPSv02 functionals + logistic regression, trained on clean clips.
 
-    ``per_speaker``: features are standardised over each actor's clips (in
+    ``per_speaker``: features are standardised over each speaker's clips (in
     training and in test, under the test's condition), else with the training
     set's global statistics.
     """
@@ -163,10 +157,10 @@ class OpenSmileBaseline:
                     np.save(path, values)
         return self._functionals[data.name]
 
-    def _standardized(self, values: np.ndarray, clips: list[RavdessClip], reference: np.ndarray) -> np.ndarray:
+    def _standardized(self, values: np.ndarray, clips: list[LabelledClip], reference: np.ndarray) -> np.ndarray:
         if not self.per_speaker:
             return (values - reference.mean(axis=0)) / (reference.std(axis=0) + 1e-9)
-        groups = speaker_groups(clips)
+        groups = clip_groups(clips)
         out = np.empty_like(values)
         for group in np.unique(groups):
             rows = groups == group
@@ -181,7 +175,8 @@ class OpenSmileBaseline:
         test_clips = [data.clips[i] for i in test]
         x_train = self._standardized(train_x, train_clips, train_x)
         x_test = self._standardized(self.functionals(data)[test], test_clips, train_x)
-        labels = np.array([clip.emotion for clip in train_clips])
+        order = label_order({clip.label for clip in clean.clips})
+        labels = np.array([order.index(clip.label) for clip in train_clips])
         model = LogisticRegression(max_iter=3000, C=0.1, class_weight="balanced")
         return model.fit(x_train, labels).predict(x_test)
 
@@ -200,8 +195,8 @@ def _slug(name: str) -> str:
 
 def robustness_table(
     systems: Sequence[System],
-    clips: list[RavdessClip],
-    folds: list[list[int]],
+    clips: list[LabelledClip],
+    folds: list[list[str]],
     conditions: Sequence[str],
     features: FeatureConfig,
     vad: VadConfig,
@@ -209,12 +204,12 @@ def robustness_table(
     cache: Path | None = None,
     log: Log = lambda _: None,
 ) -> dict[str, dict[str, dict]]:
-    """Score every system under every condition by leave-actors-out cross-validation.
+    """Score every system under every condition by leave-speakers-out cross-validation.
 
     Parameters
     ----------
-    folds : list of list of int
-        Test actors of each fold; fold ``k``'s systems were trained on the other actors.
+    folds : list of list of str
+        Test speakers of each fold; fold ``k``'s systems were trained on the other speakers.
     conditions : sequence of str
         Keys of :data:`sercli.augment.CONDITIONS`.
 
@@ -224,9 +219,10 @@ def robustness_table(
         ``{system name: {condition: metrics}}``, metrics as
         :func:`sercli.evaluation.classification_metrics` gives them over all folds' test clips.
     """
-    clean_signals = [read_audio(clip.path, features.sample_rate) for clip in clips]
+    clean_signals = list(iter_clips(clips, features.sample_rate))
     clean = condition_data("clean", clips, clean_signals, folds, features, vad, seed, cache)
-    actors = speaker_groups(clips)
+    speakers = clip_groups(clips)
+    labels = label_order({clip.label for clip in clips})
     table: dict[str, dict[str, dict]] = {system.name: {} for system in systems}
     for condition in conditions:
         data = (
@@ -236,12 +232,14 @@ def robustness_table(
         )
         for system in systems:
             true, predicted = [], []
-            for k, test_actors in enumerate(folds):
-                test = np.flatnonzero(np.isin(actors, test_actors))
-                train = np.flatnonzero(~np.isin(actors, test_actors))
+            for k, test_speakers in enumerate(folds):
+                test = np.flatnonzero(np.isin(speakers, test_speakers))
+                train = np.flatnonzero(~np.isin(speakers, test_speakers))
                 predicted.append(system.predict(k, train, test, clean, data))
-                true.append(np.array([clips[i].emotion for i in test]))
-            table[system.name][condition] = classification_metrics(np.concatenate(true), np.concatenate(predicted))
+                true.append(np.array([labels.index(clips[i].label) for i in test]))
+            table[system.name][condition] = classification_metrics(
+                np.concatenate(true), np.concatenate(predicted), labels
+            )
             log(f"{condition:14s} {system.name}: UA {table[system.name][condition]['unweighted_accuracy']:.3f}")
     return table
 

@@ -1,11 +1,11 @@
-"""Training and evaluating the emotion model on RAVDESS-layout folders.
+"""Training the emotion model on labelled clips (:mod:`sercli.datasets`): from scratch or fine-tuned.
 
 Features come from :mod:`sercli.evaluation`, which uses the annotation code
-itself. Every split is by actor: validation and test actors are never heard in
-training. Training is multi-condition (clean clips and randomly degraded copies,
-:mod:`sercli.augment`) and, by default, on MFCCs standardised over groups of an
-actor's clips (:mod:`sercli.normalization`), as ``annotate`` standardises a
-recording or a folder.
+itself. Every split is by speaker (by recording where speakers are unknown):
+validation and test speakers are never heard in training. Training is
+multi-condition (clean clips and randomly degraded copies, :mod:`sercli.augment`)
+and, by default, on MFCCs standardised over groups of a speaker's clips
+(:mod:`sercli.normalization`), as ``annotate`` standardises a recording or a folder.
 """
 
 from __future__ import annotations
@@ -20,10 +20,19 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from sercli import EMOTIONS, __version__
-from sercli.audio import read_audio
+from sercli import __version__
+from sercli.architecture import build_cnn_bilstm, fine_tuning_model
 from sercli.augment import AugmentConfig, random_degradation
-from sercli.datasets import RavdessClip, actor_folds, find_ravdess_clips
+from sercli.datasets import (
+    DatasetError,
+    LabelledClip,
+    clip_groups,
+    label_counts,
+    label_order,
+    natural_key,
+    speaker_folds,
+    validation_speakers,
+)
 from sercli.evaluation import (
     ClipFeatures,
     Log,
@@ -31,11 +40,14 @@ from sercli.evaluation import (
     cached_features,
     classification_metrics,
     clip_probabilities,
+    evaluate_clips,
     evaluate_windows,
     group_moments,
+    iter_clips,
 )
+from sercli.export import save_model
 from sercli.features import FeatureConfig
-from sercli.model import ModelCard, build_cnn_bilstm, file_sha256, save_model
+from sercli.model import ModelCard, ModelError, file_sha256
 from sercli.vad import VadConfig
 from sercli.writers import atomic_output
 
@@ -51,7 +63,7 @@ class TrainConfig:
     patience : int
         Epochs without a better validation UA before stopping (best weights are kept).
     min_epochs : int
-        Epochs before early stopping starts watching: with two validation actors the
+        Epochs before early stopping starts watching: with two validation speakers the
         UA of the first epochs is noise, and a chance-level first epoch once stopped
         a multi-condition run at epoch 7.
     batch_size : int
@@ -61,9 +73,9 @@ class TrainConfig:
         Seeds weights, shuffling, degradations and normalisation groups.
     normalization : str
         ``speaker``: windows are standardised with the MFCC statistics of a group of
-        one actor's clips, a random subset of them drawn anew each epoch (from one
+        one speaker's clips, a random subset of them drawn anew each epoch (from one
         clip to all), so the model sees the group sizes ``annotate`` will give it;
-        validation and test clips are standardised over their actor. ``none``: raw
+        validation and test clips are standardised over their speaker. ``none``: raw
         MFCCs (the model's input layer still applies the training set's global statistics).
     variants : int
         Degraded copies of each clip (:func:`sercli.augment.random_degradation`) for
@@ -76,6 +88,9 @@ class TrainConfig:
         Frames between the starts of training windows: denser than at inference, so
         overlapping windows give more examples. Validation and test windows are cut
         with the features' own hop, as ``annotate`` cuts them.
+    freeze_convolutions : bool
+        When fine-tuning (:func:`fit` with a base model): keep the base model's
+        convolution blocks as trained.
     """
 
     epochs: int = 30
@@ -88,6 +103,7 @@ class TrainConfig:
     variants: int = 4
     spec_augment: bool = True
     window_hop_frames: int = 50
+    freeze_convolutions: bool = False
 
     def __post_init__(self) -> None:
         if self.normalization not in TRAIN_NORMALIZATIONS:
@@ -97,6 +113,35 @@ class TrainConfig:
 
 
 TRAIN_NORMALIZATIONS = ("speaker", "none")
+FINE_TUNING_LEARNING_RATE = 3e-4
+"""Adam's learning rate when fine-tuning a trained model: a third of training afresh, so
+the first epochs on a few hundred clips do not undo what the model knows."""
+
+
+@dataclass
+class BaseModel:
+    """A trained model to fine-tune, with its card."""
+
+    model: object
+    """The ``keras.Model``."""
+    card: ModelCard
+    path: Path
+
+    @classmethod
+    def load(cls, path: str | Path) -> BaseModel:
+        """Load a ``.keras`` model and its card.
+
+        Raises
+        ------
+        ModelError
+            If either is missing or unusable.
+        """
+        from sercli.model import KerasClassifier, load_classifier
+
+        classifier = load_classifier(path)
+        if not isinstance(classifier, KerasClassifier):
+            raise ModelError(f"fine-tuning starts from a .keras model, not {path}")
+        return cls(classifier.model, classifier.card, Path(path))
 
 
 def fit(
@@ -104,19 +149,24 @@ def fit(
     validation: WindowSet | None,
     config: TrainConfig,
     log: Log = lambda _: None,
+    base: BaseModel | None = None,
 ):
-    """Train a fresh CNN-BiLSTM.
+    """Train a CNN-BiLSTM: a fresh one, or a copy of ``base`` (fine-tuning).
 
     Parameters
     ----------
     train : list of WindowSet
         The training clips' windows, clean first, then each degraded variant; all
-        hold the same clips in the same order.
+        hold the same clips in the same order, with the same labels (the outputs).
     validation : WindowSet or None
-        Clean windows of other actors, cut as ``annotate`` cuts them. With it,
+        Clean windows of other speakers, cut as ``annotate`` cuts them. With it,
         training stops after ``config.patience`` epochs without a better clip-level
         validation UA and the best epoch's weights are kept; without it, training
         runs ``config.epochs`` epochs.
+    base : BaseModel, optional
+        Start from this model's weights; its softmax layer is replaced by a new one
+        unless its labels are the training labels in the same order
+        (:func:`sercli.architecture.fine_tuning_model`).
 
     Returns
     -------
@@ -126,9 +176,14 @@ def fit(
     keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()
     batches = _TrainingBatches(train, config)
-    sample = batches.normalized_sample()
-    mean, std = sample.mean(axis=(0, 1)), sample.std(axis=(0, 1)) + 1e-6
-    model = build_cnn_bilstm(mean, std, sample.shape[1], sample.shape[2])
+    labels = train[0].labels
+    if base is None:
+        sample = batches.normalized_sample()
+        mean, std = sample.mean(axis=(0, 1)), sample.std(axis=(0, 1)) + 1e-6
+        model = build_cnn_bilstm(mean, std, sample.shape[1], sample.shape[2], n_classes=len(labels))
+    else:
+        new_head = list(base.card.labels) != list(labels)
+        model = fine_tuning_model(base.model, len(labels), new_head, config.freeze_convolutions)
     model.compile(
         optimizer=keras.optimizers.Adam(config.learning_rate),
         loss="sparse_categorical_crossentropy",
@@ -153,15 +208,16 @@ def fit(
 def cross_validate(
     training: list[WindowSet],
     data: WindowSet,
-    folds: list[list[int]],
+    folds: list[list[str]],
     config: TrainConfig,
     checkpoint: Path,
     log: Log = lambda _: None,
+    base: BaseModel | None = None,
 ) -> dict:
-    """Leave-actors-out cross-validation.
+    """Leave-speakers-out cross-validation.
 
-    For each fold, its actors are the test set; of the remaining actors the two
-    highest-numbered (one male, one female, when two actors are left to train on) are the early-stopping
+    For each fold, its speakers are the test set; of the remaining speakers,
+    :func:`sercli.datasets.validation_speakers` are the early-stopping
     validation set and the rest are trained on. Finished folds are stored in the
     JSON file ``checkpoint``, and each fold's model beside it
     (``<checkpoint stem>/fold-<k>.keras``, kept for the robustness benchmark), so
@@ -174,35 +230,38 @@ def cross_validate(
         clean, then each degraded variant.
     data : WindowSet
         Clean windows of all clips as annotation cuts them: validation and test.
-    folds : list of list of int
-        Test actors of each fold.
+    folds : list of list of str
+        Test speakers (:attr:`LabelledClip.group`) of each fold.
+    base : BaseModel, optional
+        Each fold fine-tunes this model (see :func:`fit`).
 
     Returns
     -------
     dict
-        ``folds`` (per-fold metrics, test actors, best epoch) and ``pooled``
+        ``folds`` (per-fold metrics, test speakers, best epoch) and ``pooled``
         (metrics over all folds' test clips together), plus ``mean_ua`` and ``std_ua``.
     """
     import json
 
     done = json.loads(checkpoint.read_text()) if checkpoint.exists() else {}
     true_all, predicted_all = [], []
-    for k, test_actors in enumerate(folds):
-        rest = sorted({clip.actor for clip in data.clips} - set(test_actors))
-        val_actors = _validation_actors(rest)
-        train_actors = [a for a in rest if a not in val_actors]
+    for k, test_speakers in enumerate(folds):
+        rest = sorted({clip.group for clip in data.clips} - set(test_speakers), key=natural_key)
+        val_speakers = validation_speakers(rest)
+        train_speakers = [a for a in rest if a not in val_speakers]
         if str(k) not in done:
-            log(f"fold {k + 1}/{len(folds)}: test actors {test_actors}, validation {val_actors}")
-            train = [variant.for_actors(train_actors) for variant in training]
-            model, history = fit(train, data.for_actors(val_actors), config, log)
+            log(f"fold {k + 1}/{len(folds)}: test speakers {test_speakers}, validation {val_speakers}")
+            train = [variant.for_speakers(train_speakers) for variant in training]
+            validation = data.for_speakers(val_speakers) if val_speakers else None
+            model, history = fit(train, validation, config, log, base)
             fold_model = fold_model_path(checkpoint, k)
             fold_model.parent.mkdir(parents=True, exist_ok=True)
             model.save(fold_model)
-            test = data.for_actors(test_actors)
+            test = data.for_speakers(test_speakers)
             probabilities = clip_probabilities(_predict(model, test.normalized(_eval_normalization(config))), test)
             done[str(k)] = {
-                "test_actors": test_actors,
-                "validation_actors": val_actors,
+                "test_speakers": test_speakers,
+                "validation_speakers": val_speakers,
                 "best_epoch": history["best_epoch"],
                 "true": test.clip_labels.tolist(),
                 "predicted": probabilities.argmax(axis=1).tolist(),
@@ -210,20 +269,20 @@ def cross_validate(
             with atomic_output(checkpoint) as partial:
                 partial.write_text(json.dumps(done))
         fold = done[str(k)]
-        metrics = classification_metrics(np.array(fold["true"]), np.array(fold["predicted"]))
+        metrics = classification_metrics(np.array(fold["true"]), np.array(fold["predicted"]), data.labels)
         fold["metrics"] = metrics
         log(f"fold {k + 1}: UA {metrics['unweighted_accuracy']:.3f}, accuracy {metrics['accuracy']:.3f}")
         true_all += fold["true"]
         predicted_all += fold["predicted"]
     fold_ua = [done[str(k)]["metrics"]["unweighted_accuracy"] for k in range(len(folds))]
     return {
-        "protocol": f"{len(folds)}-fold leave-actors-out, clip level (mean of window probabilities), "
+        "protocol": f"{len(folds)}-fold leave-speakers-out, clip level (mean of window probabilities), "
         f"test clips normalised per {_eval_normalization(config)}",
         "mean_ua": float(np.mean(fold_ua)),
         "std_ua": float(np.std(fold_ua)),
-        "pooled": classification_metrics(np.array(true_all), np.array(predicted_all)),
+        "pooled": classification_metrics(np.array(true_all), np.array(predicted_all), data.labels),
         "folds": [
-            {key: done[str(k)][key] for key in ("test_actors", "validation_actors", "best_epoch", "metrics")}
+            {key: done[str(k)][key] for key in ("test_speakers", "validation_speakers", "best_epoch", "metrics")}
             for k in range(len(folds))
         ],
     }
@@ -235,7 +294,7 @@ def fold_model_path(checkpoint: Path, fold: int) -> Path:
 
 
 def _eval_normalization(config: TrainConfig) -> str:
-    """How held-out clips are normalised for a model trained with ``config``: over their actor, or not."""
+    """How held-out clips are normalised for a model trained with ``config``: over their speaker, or not."""
     return "speaker" if config.normalization == "speaker" else "none"
 
 
@@ -245,53 +304,55 @@ def training_card(
     vad: VadConfig,
     config: TrainConfig,
     train: WindowSet,
-    validation_actors: list[int],
+    validation: list[str],
+    data: str,
     data_sha256: str,
+    base: BaseModel | None = None,
 ) -> ModelCard:
-    """A model card describing a training run (metrics are added by the caller)."""
+    """A model card describing a training run (metrics are added by the caller).
+
+    ``data`` says what was trained on (a corpus with its credit, or a labels table).
+    """
+    training = {
+        "data": data,
+        "data_sha256": data_sha256,
+        "training_speakers": sorted({clip.group for clip in train.clips}, key=natural_key),
+        "validation_speakers": validation,
+        "clips": len(train.clips),
+        "label_counts": label_counts(train.clips),
+        "windows": len(train.windows),
+        "vad": asdict(vad),
+        "hyperparameters": asdict(config),
+        "versions": {
+            "sercli": __version__,
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+            "numpy": np.__version__,
+            "python": platform.python_version(),
+        },
+    }
+    if base is not None:
+        training["fine_tuned_from"] = {"name": base.card.name, "sha256": base.card.sha256, "labels": base.card.labels}
     return ModelCard(
         name=name,
         version=__version__,
-        labels=list(EMOTIONS),
+        labels=list(train.labels),
         features=features.to_dict(),
         normalization=config.normalization,
-        training={
-            "data": "RAVDESS speech (Livingstone & Russo 2018, CC BY-NC-SA 4.0)",
-            "data_sha256": data_sha256,
-            "training_actors": sorted({clip.actor for clip in train.clips}),
-            "validation_actors": validation_actors,
-            "clips": len(train.clips),
-            "windows": len(train.windows),
-            "vad": asdict(vad),
-            "hyperparameters": asdict(config),
-            "versions": {
-                "sercli": __version__,
-                "tensorflow": tf.__version__,
-                "keras": keras.__version__,
-                "numpy": np.__version__,
-                "python": platform.python_version(),
-            },
-        },
+        training=training,
     )
 
 
-def data_digest(clips: list[RavdessClip]) -> str:
-    """SHA-256 over the clips' names and contents: which data a model saw."""
+def data_digest(clips: list[LabelledClip]) -> str:
+    """SHA-256 over the clips' names, contents, labels, speakers and parts: which data a model saw."""
     import hashlib
+    import json
 
     digest = hashlib.sha256()
-    for clip in sorted(clips, key=lambda c: c.path.name):
-        digest.update(clip.path.name.encode())
-        digest.update(file_sha256(clip.path).encode())
+    for clip in sorted(clips, key=lambda c: (c.path.name, c.start_s or 0.0)):
+        fields = [clip.path.name, file_sha256(clip.path), clip.label, clip.speaker, clip.start_s, clip.end_s]
+        digest.update(json.dumps(fields).encode())
     return digest.hexdigest()
-
-
-def _validation_actors(actors: list[int]) -> list[int]:
-    """The highest-numbered male (odd) and female (even) actor of a list; only the highest-numbered
-    one when that would leave fewer than two actors to train on."""
-    odd, even = [a for a in actors if a % 2], [a for a in actors if a % 2 == 0]
-    chosen = sorted([group[-1] for group in (odd, even) if group])
-    return chosen if len(actors) - len(chosen) >= 2 else chosen[-1:]
 
 
 def _predict(model, windows: np.ndarray) -> np.ndarray:
@@ -336,15 +397,15 @@ class _EpochLog(keras.callbacks.Callback):
 
 
 MIN_GROUP_CLIPS = 8
-"""Smallest group of an actor's clips normalised together in training (a lone remainder may be smaller)."""
+"""Smallest group of a speaker's clips normalised together in training (a lone remainder may be smaller)."""
 
 
 class _TrainingBatches(keras.utils.PyDataset):
     """Shuffled, class-weighted training batches, redrawn each epoch.
 
     Each epoch, every clip is taken clean (with probability 1/2) or as one of its
-    degraded variants, and (``speaker`` normalisation) each actor's clips are split at random
-    into groups that are standardised together: the whole actor half of the time,
+    degraded variants, and (``speaker`` normalisation) each speaker's clips are split at random
+    into groups that are standardised together: the whole speaker half of the time,
     else groups of random sizes down to :data:`MIN_GROUP_CLIPS` clips (about 25 s
     of speech, a short recording). An epoch has as many windows as the clean
     clips have (the variants' counts differ a little).
@@ -359,7 +420,8 @@ class _TrainingBatches(keras.utils.PyDataset):
         self.variant_of = np.repeat(np.arange(len(variants)), [len(v.windows) for v in variants])
         self.stats = np.stack([v.clip_stats for v in variants])  # (variants, clips, 3, coeffs)
         labels = variants[0].clip_labels
-        class_weight = len(labels) / (len(EMOTIONS) * np.maximum(np.bincount(labels, minlength=len(EMOTIONS)), 1))
+        n_labels = len(variants[0].labels)
+        class_weight = len(labels) / (n_labels * np.maximum(np.bincount(labels, minlength=n_labels), 1))
         self.labels, self.weights = labels, class_weight[labels].astype(np.float32)
         self.rng = np.random.default_rng(config.seed)
         self.epoch_windows = len(variants[0].windows)
@@ -379,11 +441,11 @@ class _TrainingBatches(keras.utils.PyDataset):
             self.mean[:], self.std[:] = group_moments(stats, self._groups())
 
     def _groups(self) -> np.ndarray:
-        """A random group label for each clip: groups of one actor's clips, covering every clip once."""
-        actors = np.array([clip.actor for clip in self.clips])
+        """A random group label for each clip: groups of one speaker's clips, covering every clip once."""
+        speakers = clip_groups(self.clips)
         groups, count = np.empty(len(self.clips), dtype=int), 0
-        for actor in np.unique(actors):
-            members = self.rng.permutation(np.flatnonzero(actors == actor))
+        for speaker in sorted(set(speakers), key=natural_key):
+            members = self.rng.permutation(np.flatnonzero(speakers == speaker))
             if self.rng.random() < 0.5:
                 groups[members], count = count, count + 1
                 continue
@@ -436,31 +498,30 @@ def spec_augment(windows: np.ndarray, rng: np.random.Generator) -> None:
 
 
 def degraded_variants(
-    clips: list[RavdessClip],
+    clips: list[LabelledClip],
     features: FeatureConfig,
     vad: VadConfig,
     config: TrainConfig,
     cache: Path | None,
-    folds: list[list[int]],
+    folds: list[list[str]],
     augment: AugmentConfig | None = None,
     log: Log = lambda _: None,
 ) -> list[ClipFeatures]:
     """Features of ``config.variants`` randomly degraded copies of every clip (multi-condition training).
 
     Copy ``v`` of clip ``i`` is seeded by ``(config.seed, v, i)``. Babble noise for
-    a clip is made of the clips of the other actors in its fold (``folds``: the
-    cross-validation's test actors), so a fold's training clips never carry a
-    test speaker's voice, even as noise.
+    a clip is made of the clips of the other speakers in its fold (``folds``: the
+    cross-validation's test speakers, or the speakers of each split), so a fold's
+    training clips never carry a test speaker's voice, even as noise.
     """
     if not config.variants:
         return []
     augment = augment or AugmentConfig()
-    signals = [read_audio(clip.path, features.sample_rate) for clip in clips]
-    actors = np.array([clip.actor for clip in clips])
-    fold_of = {actor: k for k, fold in enumerate(folds) for actor in fold}
-    partners = [
-        np.flatnonzero([fold_of[a] == fold_of[clip.actor] and a != clip.actor for a in actors]) for clip in clips
-    ]
+    signals = list(iter_clips(clips, features.sample_rate))
+    speakers = clip_groups(clips)
+    fold_of = {speaker: k for k, fold in enumerate(folds) for speaker in fold}
+    fold_index = np.array([fold_of[s] for s in speakers])
+    partners = [np.flatnonzero((fold_index == fold_of[s]) & (speakers != s)) for s in speakers]
     variants = []
     for v in range(1, config.variants + 1):
 
@@ -476,75 +537,163 @@ def degraded_variants(
     return variants
 
 
-def train_ravdess(
-    root: Path,
+MIN_LABEL_CLIPS = 3
+"""Fewest training clips of a label that training accepts: fewer is a typo in a label or a label
+no model can learn from."""
+
+
+def training_labels(clips: list[LabelledClip], base: BaseModel | None = None) -> list[str]:
+    """The output labels of a model trained on ``clips``: :func:`sercli.datasets.label_order`,
+    or the base model's order when fine-tuning on exactly its labels (its softmax layer is kept)."""
+    found = {clip.label for clip in clips}
+    if base is not None and found == set(base.card.labels):
+        return list(base.card.labels)
+    return label_order(found)
+
+
+def train_model(
+    clips: list[LabelledClip],
     output: Path,
     features: FeatureConfig,
     vad: VadConfig,
     config: TrainConfig,
-    validation_actors: list[int],
-    cv_folds: int,
+    validation: list[str] = (),
+    cv_folds: int = 0,
     cache: Path | None = None,
     log: Log = lambda _: None,
+    base: BaseModel | None = None,
+    data: str = "",
 ) -> ModelCard:
-    """Train a model on a RAVDESS-layout folder and save it with its card.
+    """Train a model on labelled clips and save it (``.keras`` and LiteRT) with its card.
 
     Parameters
     ----------
-    root : Path
-        Folder holding RAVDESS speech clips (``.wav`` or ``.flac``), searched recursively.
+    clips : list of LabelledClip
+        From :func:`sercli.datasets.load_clips`. When some have a ``split``,
+        that split is used (unmarked clips train) and no cross-validation runs.
     output : Path
         Where the ``.keras`` weights go; the card goes beside them (``.json``).
-    validation_actors : list of int
-        Actors held out for early stopping and the card's validation metrics. Empty:
-        every actor is trained on, for the median best epoch count of the
+    validation : list of str
+        Speakers held out for early stopping and the card's validation metrics. Empty:
+        every speaker is trained on, for the median best epoch count of the
         cross-validation (or ``config.epochs`` without one).
     cv_folds : int
-        0 for none, else leave-actors-out cross-validation with this many folds
+        0 for none, else leave-speakers-out cross-validation with this many folds
         first; its figures go into the card. Finished folds are checkpointed in
         ``output`` + ``.cv.json`` until the model is saved; the fold models stay in
         ``output`` + ``.cv/`` for the robustness benchmark.
     cache : Path, optional
         Folder keeping the clips' features (clean and degraded) between runs.
+    base : BaseModel, optional
+        Fine-tune this model instead of training a fresh one; its features and
+        normalisation are used.
+    data : str
+        What the clips are, for the card (a corpus and its credit, or a table's name).
 
     Returns
     -------
     ModelCard
         The card written beside the model.
+
+    Raises
+    ------
+    DatasetError
+        If a label has fewer than :data:`MIN_LABEL_CLIPS` training clips, there is
+        only one label, or the validation speakers are not in the data.
+    ModelError
+        If ``base`` was trained on other features or another normalisation.
     """
-    clips = find_ravdess_clips(root)
+    if base is not None:
+        if base.card.feature_config != features:
+            raise ModelError(f"{base.path} was trained on other features ({base.card.features})")
+        if base.card.normalization != config.normalization:
+            raise ModelError(
+                f"{base.path} was trained with {base.card.normalization} normalisation, not {config.normalization}"
+            )
+    labels = training_labels(clips, base)
+    speakers = sorted({clip.group for clip in clips}, key=natural_key)
+    split = _fixed_split(clips, validation, cv_folds, log)
+    if split is not None:
+        validation, cv_folds = split["validation"], 0
+    else:
+        validation = _known_speakers(validation, speakers)
+    train_speakers = [s for s in speakers if s not in validation and s not in (split or {}).get("test", [])]
+    _check_label_counts([c for c in clips if c.group in set(train_speakers)], labels)
+    if split is not None:
+        folds = [fold for fold in split.values() if fold]  # babble stays within a split
+    else:
+        folds = speaker_folds(speakers, cv_folds) if cv_folds else [speakers]
     output.parent.mkdir(parents=True, exist_ok=True)
-    actors = sorted({clip.actor for clip in clips})
-    folds = actor_folds(actors, cv_folds) if cv_folds else [actors]
     clean = cached_features(cache, {"variant": 0}, clips, features, vad, log=log)
     copies = degraded_variants(clips, features, vad, config, cache, folds, log=log)
-    data = clean.windows(features.window_frames, features.window_hop_frames)
-    training = [f.windows(features.window_frames, config.window_hop_frames) for f in [clean, *copies]]
-    unknown = sorted(set(validation_actors) - set(actors))
-    if unknown:
-        raise ValueError(f"validation actors {unknown} have no clips under {root}")
-    log(f"{len(clips)} clips, {len(training[0].windows)} training windows x {len(training)} variants, actors {actors}")
+    everything = clean.windows(features.window_frames, features.window_hop_frames, labels)
+    training = [f.windows(features.window_frames, config.window_hop_frames, labels) for f in [clean, *copies]]
+    log(f"{len(clips)} clips, {len(training[0].windows)} training windows x {len(training)} variants, labels {labels}")
     metrics = {}
     if cv_folds:
         checkpoint = output.with_name(output.name + ".cv.json")
-        metrics["cross_validation"] = cross_validate(training, data, folds, config, checkpoint, log)
-        if not validation_actors:
+        metrics["cross_validation"] = cross_validate(training, everything, folds, config, checkpoint, log, base)
+        if not validation:
             best = [fold["best_epoch"] for fold in metrics["cross_validation"]["folds"]]
             config = replace(config, epochs=int(np.median(best)))
-    train_actors = [a for a in actors if a not in validation_actors]
-    train = [variant.for_actors(train_actors) for variant in training]
-    validation = data.for_actors(validation_actors) if validation_actors else None
-    log(f"final model: training on actors {train_actors} for up to {config.epochs} epochs")
-    model, history = fit(train, validation, config, log)
+    train = [variant.for_speakers(train_speakers) for variant in training]
+    held_out = everything.for_speakers(validation) if validation else None
+    log(f"final model: training on {len(train_speakers)} speakers for up to {config.epochs} epochs")
+    model, history = fit(train, held_out, config, log, base)
     normalization = _eval_normalization(config)
-    if validation is not None:
-        metrics["validation"] = evaluate_windows(lambda w: _predict(model, w), validation, normalization)
-    card = training_card(output.stem, features, vad, config, train[0], validation_actors, data_digest(clips))
+    predict = lambda w: _predict(model, w)
+    if held_out is not None:
+        metrics["validation"] = evaluate_clips(predict, held_out, normalization)
+    if split is not None and split["test"]:
+        metrics["test"] = evaluate_clips(predict, everything.for_speakers(split["test"]), normalization)
+    card = training_card(output.stem, features, vad, config, train[0], validation, data, data_digest(clips), base)
     card.training["epochs_run"] = history["epochs_run"]
     card.training["best_epoch"] = history["best_epoch"]
     card.metrics = metrics
-    check = data.normalized(normalization)
+    check = everything.normalized(normalization)
     save_model(model, output, card, check[:: max(1, len(check) // 512)])
     if cv_folds:
         checkpoint.unlink(missing_ok=True)
     return card
+
+
+def _fixed_split(clips: list[LabelledClip], validation: list[str], cv_folds: int, log: Log) -> dict | None:
+    """The speakers of each split when the clips fix one (``train``, ``validation``, ``test``), else ``None``."""
+    if not any(clip.split for clip in clips):
+        return None
+    if validation:
+        raise DatasetError("the labels table fixes the split: leave out the validation speakers")
+    if cv_folds:
+        log("the labels table fixes the split: no cross-validation")
+    return {
+        name: sorted({c.group for c in clips if (c.split or "train") == name}, key=natural_key)
+        for name in ("train", "validation", "test")
+    }
+
+
+def _known_speakers(requested: list[str], speakers: list[str]) -> list[str]:
+    """The requested speakers as the data names them; ``"5"`` finds ``"05"``.
+
+    Raises
+    ------
+    DatasetError
+        If one is not in the data.
+    """
+    found = []
+    for name in requested:
+        matches = [s for s in speakers if s == name or (s.isdigit() and name.isdigit() and int(s) == int(name))]
+        if not matches:
+            raise DatasetError(f"validation speaker '{name}' has no clips")
+        found.append(matches[0])
+    return found
+
+
+def _check_label_counts(train: list[LabelledClip], labels: list[str]) -> None:
+    counts = label_counts(train)
+    if len(labels) < 2:
+        raise DatasetError(f"training needs two or more labels, found only {labels}")
+    for label in labels:
+        if counts.get(label, 0) < MIN_LABEL_CLIPS:
+            raise DatasetError(
+                f"label '{label}' has {counts.get(label, 0)} training clips; each label needs at least {MIN_LABEL_CLIPS}"
+            )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
@@ -34,18 +34,24 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         temporary.unlink(missing_ok=True)
 
 
-RESULT_COLUMNS: tuple[str, ...] = (
-    "path",
-    "segment",
-    "start_s",
-    "end_s",
-    "label",
-    "confidence",
-    *(f"prob_{emotion}" for emotion in EMOTIONS),
-)
-"""Columns of the results table, in order."""
+SEGMENT_COLUMNS: tuple[str, ...] = ("path", "segment", "start_s", "end_s", "label", "confidence")
+"""The first columns of every results table; one ``prob_<label>`` column per model label follows."""
 
-_FLOAT_COLUMNS = RESULT_COLUMNS[2:4] + RESULT_COLUMNS[5:]
+
+def result_columns(labels: Sequence[str] = EMOTIONS) -> tuple[str, ...]:
+    """Columns of the results table of a model with these labels, in order."""
+    return (*SEGMENT_COLUMNS, *(f"prob_{label}" for label in labels))
+
+
+RESULT_COLUMNS = result_columns(EMOTIONS)
+"""Columns of the bundled model's results table."""
+
+
+def table_labels(frame: pd.DataFrame) -> list[str]:
+    """The model labels of a results table, from its ``prob_<label>`` columns in order."""
+    return [column.removeprefix("prob_") for column in frame.columns if column.startswith("prob_")]
+
+
 TABLE_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
 
@@ -65,10 +71,10 @@ def table_format(path: str | Path) -> str:
     return TABLE_SUFFIXES[suffix]
 
 
-def results_frame(rows: Iterable[SegmentEmotion]) -> pd.DataFrame:
-    """The results table of some rows, with :data:`RESULT_COLUMNS` and their dtypes."""
+def results_frame(rows: Iterable[SegmentEmotion], labels: Sequence[str] = EMOTIONS) -> pd.DataFrame:
+    """The results table of some rows of a model with these labels, with :func:`result_columns` and their dtypes."""
     rows = list(rows)
-    probabilities = np.array([row.probabilities for row in rows], dtype=np.float32).reshape(len(rows), len(EMOTIONS))
+    probabilities = np.array([row.probabilities for row in rows], dtype=np.float32).reshape(len(rows), len(labels))
     frame = pd.DataFrame(
         {
             "path": pd.array([row.path for row in rows], dtype="string"),
@@ -79,30 +85,39 @@ def results_frame(rows: Iterable[SegmentEmotion]) -> pd.DataFrame:
             "confidence": np.array([row.confidence for row in rows], dtype=np.float32),
         }
     )
-    for i, emotion in enumerate(EMOTIONS):
-        frame[f"prob_{emotion}"] = probabilities[:, i]
+    for i, label in enumerate(labels):
+        frame[f"prob_{label}"] = probabilities[:, i]
     return frame
 
 
 def conform(frame: pd.DataFrame) -> pd.DataFrame:
     """A results table read from anywhere, checked and given the canonical dtypes.
 
+    The model's labels are read from the ``prob_<label>`` columns (:func:`table_labels`).
+
     Raises
     ------
     ValueError
         If columns are missing.
     """
-    missing = [column for column in RESULT_COLUMNS if column not in frame.columns]
+    missing = [column for column in SEGMENT_COLUMNS if column not in frame.columns]
+    if len(table_labels(frame)) < 2:
+        missing.append("prob_<label> (two or more)")
     if missing:
         raise ValueError(f"not a sercli results table: missing columns {', '.join(missing)}")
-    frame = frame.loc[:, list(RESULT_COLUMNS)].copy()
+    frame = frame.loc[:, list(result_columns(table_labels(frame)))].copy()
     frame["path"] = frame["path"].astype("string")
     frame["label"] = frame["label"].astype("string")
     frame["segment"] = frame["segment"].astype(np.int32)
-    frame[list(_FLOAT_COLUMNS)] = frame[list(_FLOAT_COLUMNS)].astype(np.float64)
-    for column in _FLOAT_COLUMNS[2:]:
+    frame[["start_s", "end_s"]] = frame[["start_s", "end_s"]].astype(np.float64)
+    for column in _score_columns(frame):
         frame[column] = frame[column].astype(np.float32)
     return frame
+
+
+def _score_columns(frame: pd.DataFrame) -> list[str]:
+    """``confidence`` and the probability columns."""
+    return ["confidence", *(f"prob_{label}" for label in table_labels(frame))]
 
 
 def sort_results(frame: pd.DataFrame) -> pd.DataFrame:
@@ -132,7 +147,7 @@ def read_results(path: str | Path) -> pd.DataFrame:
 
 def write_csv(frame: pd.DataFrame, handle: TextIO, header: bool = True) -> None:
     """CSV text of a results table: times to the millisecond, probabilities to 1e-5."""
-    frame.round({"start_s": 3, "end_s": 3, **{c: 5 for c in _FLOAT_COLUMNS[2:]}}).to_csv(
+    frame.round({"start_s": 3, "end_s": 3, **{c: 5 for c in _score_columns(frame)}}).to_csv(
         handle, index=False, header=header, lineterminator="\n", float_format="%.5g"
     )
 
@@ -173,14 +188,16 @@ def read_metadata(path: str | Path) -> dict:
 
 
 def per_file_summary(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per recording: speech time, segment count, dominant emotion and each emotion's share.
+    """One row per recording: speech time, segment count, dominant label and each label's share.
 
-    Shares are fractions of the recording's speech time whose segments carry each
-    label; the dominant emotion has the largest share (empty when no speech was found).
+    Shares (``share_<label>``, one per model label) are fractions of the recording's
+    speech time whose segments carry each label; the dominant label has the
+    largest share (empty when no speech was found).
     """
+    labels = table_labels(frame)
     speech = frame[frame["label"].notna()].assign(duration_s=lambda f: f["end_s"] - f["start_s"])
     shares = speech.pivot_table(index="path", columns="label", values="duration_s", aggfunc="sum", fill_value=0.0)
-    shares = shares.reindex(columns=list(EMOTIONS), fill_value=0.0)
+    shares = shares.reindex(columns=labels, fill_value=0.0)
     totals = shares.sum(axis=1)
     summary = pd.DataFrame(index=pd.Index(frame["path"].unique(), name="path"))
     summary["segments"] = speech.groupby("path").size().reindex(summary.index, fill_value=0).astype(np.int32)
@@ -188,8 +205,8 @@ def per_file_summary(frame: pd.DataFrame) -> pd.DataFrame:
     summary["dominant"] = pd.array(shares.idxmax(axis=1).reindex(summary.index), dtype="string")
     fractions = shares.div(totals, axis=0).reindex(summary.index)
     summary["dominant_share"] = fractions.max(axis=1)
-    for emotion in EMOTIONS:
-        summary[f"share_{emotion}"] = fractions[emotion]
+    for label in labels:
+        summary[f"share_{label}"] = fractions[label]
     return summary.reset_index()
 
 

@@ -24,8 +24,10 @@ def make_random_model(folder: Path, name: str = "random", normalization: str = "
     import keras
 
     from sercli import EMOTIONS
+    from sercli.architecture import build_cnn_bilstm
+    from sercli.export import save_model
     from sercli.features import FeatureConfig, signal_windows
-    from sercli.model import ModelCard, build_cnn_bilstm, save_model
+    from sercli.model import ModelCard
 
     keras.utils.set_random_seed(1)
     config = FeatureConfig()

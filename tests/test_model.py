@@ -33,7 +33,7 @@ def test_litert_export_matches_keras(random_model, speech_windows):
 def test_unrolled_bidirectional_lstm_equals_the_layer(return_sequences):
     import keras
 
-    from sercli.model import unrolled_bidirectional_lstm
+    from sercli.export import unrolled_bidirectional_lstm
 
     keras.utils.set_random_seed(2)
     layer = keras.layers.Bidirectional(keras.layers.LSTM(16, return_sequences=return_sequences))

@@ -2,7 +2,7 @@
 
 import pytest
 
-from sercli.datasets import actor_folds, find_ravdess_clips
+from sercli.datasets import find_clips, speaker_folds
 from sercli.features import FeatureConfig
 from sercli.model import load_classifier
 from sercli.robustness import CnnFolds, OpenSmileBaseline, format_table, robustness_table
@@ -14,8 +14,8 @@ CONDITIONS = ["clean", "white 10 dB", "babble 10 dB", "telephone", "reverb 0.3 s
 @pytest.fixture(scope="module")
 def table(ravdess, normalized_model, tmp_path_factory):
     pytest.importorskip("opensmile")
-    clips = find_ravdess_clips(ravdess)
-    folds = actor_folds(sorted({c.actor for c in clips}), 2)
+    clips = find_clips(ravdess, "ravdess")
+    folds = speaker_folds([c.speaker for c in clips], 2)
     model = load_classifier(normalized_model)
     systems = [
         CnnFolds("cnn", [model.predict_proba] * len(folds), FeatureConfig(), "speaker"),

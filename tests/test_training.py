@@ -9,29 +9,32 @@ import numpy as np
 import pytest
 
 from sercli import EMOTIONS
-from sercli.datasets import actor_folds, find_ravdess_clips, parse_ravdess_name
+from sercli.datasets import find_clips, parse_ravdess, speaker_folds
 from sercli.evaluation import classification_metrics
 from sercli.model import ModelCard, card_path
 
 
 def test_ravdess_names_are_parsed():
-    clip = parse_ravdess_name("Actor_07/03-01-05-02-01-02-07.wav")
-    assert (clip.label, clip.intensity, clip.statement, clip.repetition, clip.actor) == ("angry", 2, 1, 2, 7)
+    assert parse_ravdess(Path("Actor_07/03-01-05-02-01-02-07.wav")) == ("angry", "07")
     for bad in ("03-02-05-02-01-02-07.wav", "03-01-09-01-01-01-01.wav", "hello.wav"):
         with pytest.raises(ValueError):
-            parse_ravdess_name(bad)
+            parse_ravdess(Path(bad))
 
 
 def test_folds_hold_out_whole_actors_balanced_by_sex():
-    folds = actor_folds(list(range(1, 21)), 5)
-    assert sorted(a for fold in folds for a in fold) == list(range(1, 21))
-    assert all(sum(a % 2 for a in fold) == 2 for fold in folds)
+    actors = [f"{a:02d}" for a in range(1, 21)]
+    folds = speaker_folds(actors, 5)
+    assert sorted(a for fold in folds for a in fold) == actors
+    assert all(sum(int(a) % 2 for a in fold) == 2 for fold in folds)
+    assert folds[0] == ["01", "02", "11", "12"]
+    # 2 folds: 5 men and 5 women each, not all men in one fold (what plain round-robin gives)
+    assert speaker_folds(actors, 2)[0] == ["01", "02", "05", "06", "09", "10", "13", "14", "17", "18"]
 
 
 def test_metrics_on_known_predictions():
     true = np.array([0, 0, 1, 1, 1, 1, 2, 2])
     predicted = np.array([0, 1, 1, 1, 1, 0, 2, 0])
-    metrics = classification_metrics(true, predicted, n_classes=len(EMOTIONS))
+    metrics = classification_metrics(true, predicted, list(EMOTIONS))
     assert metrics["accuracy"] == pytest.approx(5 / 8)
     assert metrics["unweighted_accuracy"] == pytest.approx((0.5 + 0.75 + 0.5) / 3)
     assert metrics["per_class_recall"]["calm"] == pytest.approx(0.75)
@@ -40,8 +43,8 @@ def test_metrics_on_known_predictions():
 
 
 def test_both_wav_and_flac_clips_are_found(ravdess):
-    clips = find_ravdess_clips(ravdess)
-    assert len(clips) == 32
+    clips = find_clips(ravdess)
+    assert len(clips) == 32 and {c.speaker for c in clips} == {"01", "02", "03", "04"}
     assert {c.path.suffix for c in clips} == {".wav", ".flac"}
 
 
@@ -60,12 +63,13 @@ def test_train_cross_validates_by_actor_and_writes_model_and_card(ravdess, tmp_p
     assert out.exists() and out.with_suffix(".tflite").exists()
     card = ModelCard.read(card_path(out))
     folds = card.metrics["cross_validation"]["folds"]
-    assert [fold["test_actors"] for fold in folds] == [[1, 2], [3, 4]]
+    assert [fold["test_speakers"] for fold in folds] == [["01", "02"], ["03", "04"]]
     for fold in folds:
-        assert not set(fold["validation_actors"]) & set(fold["test_actors"])
+        assert not set(fold["validation_speakers"]) & set(fold["test_speakers"])
         assert fold["metrics"]["n"] == 16
     assert card.metrics["cross_validation"]["pooled"]["n"] == 32
-    assert card.training["training_actors"] == [1, 2, 3, 4]
+    assert card.training["training_speakers"] == ["01", "02", "03", "04"]
+    assert card.training["data"].startswith("RAVDESS") and card.labels == list(EMOTIONS)
     assert card.training["clips"] == 32 and len(card.training["data_sha256"]) == 64
     assert card.training["versions"]["tensorflow"]
     # trained on windows every 0.5 s; the card tells annotate to cut them every 1 s, as validation did
@@ -99,12 +103,12 @@ def test_train_cross_validates_by_actor_and_writes_model_and_card(ravdess, tmp_p
     assert "| clean | " in table and "| telephone | " in table
 
 
-def test_train_with_validation_actors_reports_their_metrics(ravdess, tmp_path):
+def test_train_with_validation_speakers_reports_their_metrics(ravdess, tmp_path):
     out = tmp_path / "val.keras"
-    run("train", ravdess, "-o", out, "--cv-folds", "0", "--epochs", "1", "--val-actors", "4")
+    run("train", ravdess, "-o", out, "--cv-folds", "0", "--epochs", "1", "--val-speakers", "4")
     card = ModelCard.read(card_path(out))
-    assert card.training["training_actors"] == [1, 2, 3]
-    assert card.training["validation_actors"] == [4]
+    assert card.training["training_speakers"] == ["01", "02", "03"]
+    assert card.training["validation_speakers"] == ["04"]
     assert card.metrics["validation"]["n"] == 8
 
 
@@ -112,8 +116,8 @@ def test_evaluate_reports_known_answers(ravdess, tmp_path):
     """A model that always answers 'angry': accuracy 1/8, UA 1/8, recall 1 for angry only."""
     import keras
 
+    from sercli.export import save_model
     from sercli.features import FeatureConfig, signal_windows
-    from sercli.model import save_model
 
     config = FeatureConfig()
     inputs = keras.Input((config.window_frames, config.n_mfcc, 1))
@@ -136,9 +140,9 @@ def test_evaluate_reports_known_answers(ravdess, tmp_path):
     assert plot.stat().st_size > 1000
 
 
-def test_train_refuses_a_folder_without_ravdess_clips(tmp_path):
+def test_train_refuses_a_folder_without_known_names(tmp_path):
     result = run("train", tmp_path, "-o", tmp_path / "m.keras", code=1)
-    assert "no RAVDESS speech clips" in result.stderr
+    assert "cannot tell the layout" in result.stderr and "--layout" in result.stderr
 
 
 def test_training_commands_name_the_extra_when_tensorflow_is_missing(tmp_path, random_model, ravdess):
