@@ -316,7 +316,11 @@ def training_card(
     training = {
         "data": data,
         "data_sha256": data_sha256,
-        "training_speakers": sorted({clip.group for clip in train.clips}, key=natural_key),
+        "training_speakers": (
+            sorted({clip.group for clip in train.clips}, key=natural_key)
+            if all(clip.speaker is not None for clip in train.clips)
+            else f"unknown ({len({clip.path for clip in train.clips})} recordings)"
+        ),
         "validation_speakers": validation,
         "clips": len(train.clips),
         "label_counts": label_counts(train.clips),

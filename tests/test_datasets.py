@@ -217,3 +217,18 @@ def test_bootstrap_interval_holds_the_estimate_and_widens_when_speakers_differ()
     assert by_clip[0] < ua < by_clip[1] and by_speaker[0] < ua < by_speaker[1]
     assert by_speaker[1] - by_speaker[0] > 1.5 * (by_clip[1] - by_clip[0])
     assert bootstrap_ua_interval(true, predicted, speakers) == by_speaker  # seeded
+
+
+def test_results_tables_carry_a_probability_column_per_model_label(tmp_path):
+    from sercli.batch import OutputError, ResultsFile
+    from sercli.pipeline import SegmentEmotion
+    from sercli.writers import read_results, results_frame, table_labels, write_results
+
+    labels = ["calm", "tense", "very tense"]
+    row = SegmentEmotion("a.wav", 0, 0.0, 1.0, "tense", 0.7, np.array([0.2, 0.7, 0.1], np.float32))
+    out = tmp_path / "rows.csv"
+    write_results(results_frame([row], labels), out)
+    table = read_results(out)
+    assert table_labels(table) == labels and table["prob_very tense"].tolist() == pytest.approx([0.1])
+    with pytest.raises(OutputError, match="columns of other labels"):
+        ResultsFile(out, {}, resume=True, labels=["calm", "tense"])
