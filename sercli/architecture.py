@@ -49,18 +49,21 @@ def build_cnn_bilstm(
     return keras.Model(inputs, outputs, name="cnn_bilstm")
 
 
-def fine_tuning_model(base, n_classes: int, new_head: bool, freeze_convolutions: bool = False):
-    """A copy of a trained model to go on training, uncompiled; ``base`` is left untouched.
+def fine_tuning_model(base, base_labels: list[str], labels: list[str], freeze_convolutions: bool = False):
+    """A copy of a trained model to go on training, with a softmax layer for ``labels``; uncompiled.
+
+    The new softmax layer takes the base model's weights for each label the base
+    model has (so a subset of its labels starts where the base model is) and a
+    fresh initialisation for the others. ``base`` is left untouched.
 
     Parameters
     ----------
     base : keras.Model
         A model :func:`build_cnn_bilstm` made; its input normalisation is kept.
-    n_classes : int
-        Outputs of the new model.
-    new_head : bool
-        Replace the softmax layer by a freshly initialised one with ``n_classes``
-        outputs (when the labels differ from the base model's); else keep it.
+    base_labels : list of str
+        The base model's output labels, in order.
+    labels : list of str
+        The new model's output labels, in order.
     freeze_convolutions : bool
         Keep the two convolution blocks (weights and batch-norm statistics) as
         trained; only the BiLSTMs and dense layers learn.
@@ -70,9 +73,14 @@ def fine_tuning_model(base, n_classes: int, new_head: bool, freeze_convolutions:
 
     model = keras.Model.from_config(base.get_config())
     model.set_weights(base.get_weights())
-    if new_head:
-        outputs = layers.Dense(n_classes, activation="softmax", name="emotion")(model.layers[-2].output)
-        model = keras.Model(model.input, outputs, name=model.name)
+    head = layers.Dense(len(labels), activation="softmax", name="emotion")
+    model = keras.Model(model.input, head(model.layers[-2].output), name=model.name)
+    base_kernel, base_bias = base.layers[-1].get_weights()
+    kernel, bias = head.get_weights()
+    for j, label in enumerate(labels):
+        if label in base_labels:
+            kernel[:, j], bias[j] = base_kernel[:, base_labels.index(label)], base_bias[base_labels.index(label)]
+    head.set_weights([kernel, bias])
     if freeze_convolutions:
         for layer in model.layers:
             if isinstance(layer, (layers.Conv2D, layers.BatchNormalization)):

@@ -164,8 +164,8 @@ def fit(
         validation UA and the best epoch's weights are kept; without it, training
         runs ``config.epochs`` epochs.
     base : BaseModel, optional
-        Start from this model's weights; its softmax layer is replaced by a new one
-        unless its labels are the training labels in the same order
+        Start from this model's weights; the softmax layer keeps its weights for the
+        labels the base model has and starts afresh for the others
         (:func:`sercli.architecture.fine_tuning_model`).
 
     Returns
@@ -182,8 +182,7 @@ def fit(
         mean, std = sample.mean(axis=(0, 1)), sample.std(axis=(0, 1)) + 1e-6
         model = build_cnn_bilstm(mean, std, sample.shape[1], sample.shape[2], n_classes=len(labels))
     else:
-        new_head = list(base.card.labels) != list(labels)
-        model = fine_tuning_model(base.model, len(labels), new_head, config.freeze_convolutions)
+        model = fine_tuning_model(base.model, base.card.labels, labels, config.freeze_convolutions)
     model.compile(
         optimizer=keras.optimizers.Adam(config.learning_rate),
         loss="sparse_categorical_crossentropy",
@@ -548,7 +547,7 @@ no model can learn from."""
 
 def training_labels(clips: list[LabelledClip], base: BaseModel | None = None) -> list[str]:
     """The output labels of a model trained on ``clips``: :func:`sercli.datasets.label_order`,
-    or the base model's order when fine-tuning on exactly its labels (its softmax layer is kept)."""
+    or the base model's order when fine-tuning on exactly its labels."""
     found = {clip.label for clip in clips}
     if base is not None and found == set(base.card.labels):
         return list(base.card.labels)

@@ -185,3 +185,18 @@ def test_fine_tuning_on_the_same_labels_keeps_the_head(ravdess, tmp_path):
 def test_fine_tuning_refuses_a_model_of_other_normalization(table, random_model, tmp_path):
     result = run("train", table, "--from", random_model, "-o", tmp_path / "m.keras", code=1)
     assert "trained with none normalisation, not speaker" in result.stderr
+
+
+def test_a_new_softmax_layer_starts_from_the_base_weights_of_the_labels_the_base_has():
+    from sercli import EMOTIONS
+    from sercli.architecture import build_cnn_bilstm, fine_tuning_model
+
+    base = build_cnn_bilstm(np.zeros(40), np.ones(40))
+    tuned = fine_tuning_model(base, list(EMOTIONS), ["angry", "neutral", "bored"], freeze_convolutions=True)
+    (base_kernel, base_bias), (kernel, bias) = base.layers[-1].get_weights(), tuned.layers[-1].get_weights()
+    assert kernel.shape == (256, 3)
+    np.testing.assert_array_equal(kernel[:, 0], base_kernel[:, EMOTIONS.index("angry")])
+    np.testing.assert_array_equal(kernel[:, 1], base_kernel[:, EMOTIONS.index("neutral")])
+    assert not any(np.array_equal(kernel[:, 2], column) for column in base_kernel.T)  # a new label starts afresh
+    assert bias[0] == base_bias[EMOTIONS.index("angry")]
+    assert [layer.trainable for layer in tuned.layers if "conv2d" in layer.name] == [False, False]
