@@ -29,7 +29,6 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,100 +87,73 @@ def natural_key(text: str) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
 
 
-# Known corpus layouts: a file name -> (label, speaker); ValueError when the name does not fit.
+@dataclass(frozen=True)
+class NameLayout:
+    """A corpus whose file names carry the label and the speaker.
 
-_RAVDESS = re.compile(r"^(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})$")
+    Attributes
+    ----------
+    example : str
+        A file name of the corpus, for messages.
+    pattern : re.Pattern
+        Matches a file's stem, with groups ``label`` (a code) and ``speaker``.
+    labels : dict
+        Label code (lower case) -> label name.
+    """
 
+    example: str
+    pattern: re.Pattern
+    labels: dict[str, str]
 
-def parse_ravdess(path: Path) -> tuple[str, str]:
-    """RAVDESS ``MM-VV-EE-II-SS-RR-AA``: audio-only (03) speech (01), emotion ``EE`` 01..08 in
-    :data:`sercli.EMOTIONS` order, actor ``AA`` (odd male, even female) as the speaker."""
-    match = _RAVDESS.match(path.stem)
-    if not match:
-        raise ValueError(f"{path.name} is not a RAVDESS name (MM-VV-EE-II-SS-RR-AA)")
-    modality, channel, emotion = map(int, match.groups()[:3])
-    if (modality, channel) != (3, 1):
-        raise ValueError(f"{path.name} is not an audio-only speech clip (03-01-...)")
-    if not 1 <= emotion <= len(EMOTIONS):
-        raise ValueError(f"{path.name} has emotion code {emotion:02d}, outside 01..08")
-    return EMOTIONS[emotion - 1], match.group(7)
+    def parse(self, path: Path) -> tuple[str, str]:
+        """``(label, speaker)`` of a file.
 
-
-_CREMA_D = re.compile(r"^(\d{4})_([A-Z]{3})_(ANG|DIS|FEA|HAP|NEU|SAD)_([A-Z]{2})$")
-_CREMA_D_LABELS = {"ANG": "angry", "DIS": "disgust", "FEA": "fearful", "HAP": "happy", "NEU": "neutral", "SAD": "sad"}
-
-
-def parse_crema_d(path: Path) -> tuple[str, str]:
-    """CREMA-D ``1001_DFA_ANG_XX``: actor, sentence, emotion, intensity."""
-    match = _CREMA_D.match(path.stem)
-    if not match:
-        raise ValueError(f"{path.name} is not a CREMA-D name (1001_DFA_ANG_XX)")
-    return _CREMA_D_LABELS[match.group(3)], match.group(1)
-
-
-_TESS = re.compile(r"^(OAF|YAF)_([A-Za-z]+)_(angry|disgust|fear|happy|neutral|ps|sad)$", re.IGNORECASE)
-_TESS_LABELS = {"fear": "fearful", "ps": "surprised"}
+        Raises
+        ------
+        ValueError
+            If its name does not fit.
+        """
+        match = self.pattern.match(path.stem)
+        if not match or match["label"].lower() not in self.labels:
+            raise ValueError(f"{path.name} is not named like {self.example}")
+        return self.labels[match["label"].lower()], match["speaker"].upper()
 
 
-def parse_tess(path: Path) -> tuple[str, str]:
-    """TESS ``OAF_back_angry``: speaker (older or younger actress), word, emotion (``ps``: pleasant surprise)."""
-    match = _TESS.match(path.stem)
-    if not match:
-        raise ValueError(f"{path.name} is not a TESS name (OAF_back_angry)")
-    emotion = match.group(3).lower()
-    return _TESS_LABELS.get(emotion, emotion), match.group(1).upper()
-
-
-_SAVEE = re.compile(r"^(DC|JE|JK|KL)_(a|d|f|h|n|sa|su)(\d{2})$")
-_SAVEE_LABELS = {
-    "a": "angry",
-    "d": "disgust",
-    "f": "fearful",
-    "h": "happy",
-    "n": "neutral",
-    "sa": "sad",
-    "su": "surprised",
+LAYOUTS: dict[str, NameLayout] = {
+    # modality 03 (audio only), channel 01 (speech), emotion, intensity, statement, repetition, actor
+    "ravdess": NameLayout(
+        "03-01-05-01-02-01-12.wav",
+        re.compile(r"^03-01-(?P<label>\d{2})-\d{2}-\d{2}-\d{2}-(?P<speaker>\d{2})$"),
+        {f"{code:02d}": emotion for code, emotion in enumerate(EMOTIONS, start=1)},
+    ),
+    # actor, sentence, emotion, intensity
+    "crema-d": NameLayout(
+        "1001_DFA_ANG_XX.wav",
+        re.compile(r"^(?P<speaker>\d{4})_[A-Z]{3}_(?P<label>[A-Z]{3})_[A-Z]{2}$"),
+        {"ang": "angry", "dis": "disgust", "fea": "fearful", "hap": "happy", "neu": "neutral", "sad": "sad"},
+    ),
+    # older or younger actress, word, emotion (ps: pleasant surprise)
+    "tess": NameLayout(
+        "OAF_back_angry.wav",
+        re.compile(r"^(?P<speaker>OAF|YAF)_[A-Za-z]+_(?P<label>[A-Za-z]+)$", re.IGNORECASE),
+        {"angry": "angry", "disgust": "disgust", "fear": "fearful", "happy": "happy", "neutral": "neutral"}
+        | {"ps": "surprised", "sad": "sad"},
+    ),
+    # speaker, emotion (sa sadness, su surprise), sentence
+    "savee": NameLayout(
+        "DC_a01.wav",
+        re.compile(r"^(?P<speaker>DC|JE|JK|KL)_(?P<label>[a-z]{1,2})\d{2}$"),
+        {"a": "angry", "d": "disgust", "f": "fearful", "h": "happy", "n": "neutral", "sa": "sad", "su": "surprised"},
+    ),
+    # speaker, text, emotion (German initials: Wut, Langeweile, Ekel, Angst, Freude, Trauer, neutral), version
+    "emodb": NameLayout(
+        "03a01Fa.wav",
+        re.compile(r"^(?P<speaker>\d{2})[a-b]\d{2}(?P<label>[A-Z])[a-z]$"),
+        {"w": "angry", "l": "bored", "e": "disgust", "a": "fearful", "f": "happy", "t": "sad", "n": "neutral"},
+    ),
 }
-
-
-def parse_savee(path: Path) -> tuple[str, str]:
-    """SAVEE ``DC_a01``: speaker, emotion code (``sa`` sadness, ``su`` surprise), sentence."""
-    match = _SAVEE.match(path.stem)
-    if not match:
-        raise ValueError(f"{path.name} is not a SAVEE name (DC_a01)")
-    return _SAVEE_LABELS[match.group(2)], match.group(1)
-
-
-_EMODB = re.compile(r"^(\d{2})([a-b]\d{2})([WLEAFTN])([a-z])$")
-_EMODB_LABELS = {
-    "W": "angry",
-    "L": "bored",
-    "E": "disgust",
-    "A": "fearful",
-    "F": "happy",
-    "T": "sad",
-    "N": "neutral",
-}
-
-
-def parse_emodb(path: Path) -> tuple[str, str]:
-    """Berlin EmoDB ``03a01Fa``: speaker, text, emotion letter (German initials: W Wut, L Langeweile,
-    E Ekel, A Angst, F Freude, T Trauer, N neutral), version."""
-    match = _EMODB.match(path.stem)
-    if not match:
-        raise ValueError(f"{path.name} is not an EmoDB name (03a01Fa)")
-    return _EMODB_LABELS[match.group(3)], match.group(1)
-
-
-LAYOUTS: dict[str, Callable[[Path], tuple[str, str]]] = {
-    "ravdess": parse_ravdess,
-    "crema-d": parse_crema_d,
-    "tess": parse_tess,
-    "savee": parse_savee,
-    "emodb": parse_emodb,
-}
-"""Corpus layouts whose file names carry label and speaker. ``folders`` (one folder per
-label, no speaker) is the further layout :func:`find_clips` reads."""
+"""Corpus layouts whose file names carry label and speaker, labels mapped to the RAVDESS names where
+one fits. ``folders`` (one folder per label, no speaker) is the further layout :func:`find_clips` reads."""
 LAYOUT_NAMES = (*LAYOUTS, "folders")
 
 
@@ -214,7 +186,7 @@ def find_clips(root: str | Path, layout: str | None = None) -> list[LabelledClip
         clips = []
         for path in paths:
             try:
-                label, speaker = LAYOUTS[layout](path)
+                label, speaker = LAYOUTS[layout].parse(path)
             except ValueError:
                 continue
             clips.append(LabelledClip(path, label, speaker))
@@ -227,7 +199,7 @@ def find_clips(root: str | Path, layout: str | None = None) -> list[LabelledClip
 
 def detect_layout(root: Path, paths: list[Path]) -> str:
     """The file-name layout that most audio files under ``root`` fit (at least 90 % of them)."""
-    counts = {name: sum(_fits(parse, p) for p in paths) for name, parse in LAYOUTS.items()}
+    counts = {name: sum(_fits(layout, p) for p in paths) for name, layout in LAYOUTS.items()}
     best = max(counts, key=counts.get)
     if not paths or counts[best] < 0.9 * len(paths):
         raise DatasetError(
@@ -237,9 +209,9 @@ def detect_layout(root: Path, paths: list[Path]) -> str:
     return best
 
 
-def _fits(parse: Callable[[Path], tuple[str, str]], path: Path) -> bool:
+def _fits(layout: NameLayout, path: Path) -> bool:
     try:
-        parse(path)
+        layout.parse(path)
     except ValueError:
         return False
     return True

@@ -9,16 +9,12 @@ import soundfile as sf
 
 from sercli.datasets import (
     CORPORA,
+    LAYOUTS,
     DatasetError,
     LabelledClip,
     find_clips,
     label_order,
     load_clips,
-    parse_crema_d,
-    parse_emodb,
-    parse_ravdess,
-    parse_savee,
-    parse_tess,
     read_labels_table,
     speaker_folds,
     validation_speakers,
@@ -30,41 +26,41 @@ RATE = 16000
 
 
 @pytest.mark.parametrize(
-    ("parse", "name", "expected"),
+    ("layout", "name", "expected"),
     [
-        (parse_ravdess, "03-01-06-01-02-01-12.wav", ("fearful", "12")),
-        (parse_crema_d, "1001_DFA_ANG_XX.wav", ("angry", "1001")),
-        (parse_crema_d, "1091_TSI_NEU_HI.wav", ("neutral", "1091")),
-        (parse_tess, "OAF_back_angry.wav", ("angry", "OAF")),
-        (parse_tess, "YAF_bath_ps.wav", ("surprised", "YAF")),
-        (parse_tess, "OAF_beg_fear.wav", ("fearful", "OAF")),
-        (parse_savee, "DC_a01.wav", ("angry", "DC")),
-        (parse_savee, "KL_sa15.wav", ("sad", "KL")),
-        (parse_savee, "JE_su03.wav", ("surprised", "JE")),
-        (parse_emodb, "03a01Fa.wav", ("happy", "03")),
-        (parse_emodb, "16b10Lb.wav", ("bored", "16")),
-        (parse_emodb, "08a02Wc.wav", ("angry", "08")),
+        ("ravdess", "03-01-06-01-02-01-12.wav", ("fearful", "12")),
+        ("crema-d", "1001_DFA_ANG_XX.wav", ("angry", "1001")),
+        ("crema-d", "1091_TSI_NEU_HI.wav", ("neutral", "1091")),
+        ("tess", "OAF_back_angry.wav", ("angry", "OAF")),
+        ("tess", "YAF_bath_ps.wav", ("surprised", "YAF")),
+        ("tess", "OAF_beg_fear.wav", ("fearful", "OAF")),
+        ("savee", "DC_a01.wav", ("angry", "DC")),
+        ("savee", "KL_sa15.wav", ("sad", "KL")),
+        ("savee", "JE_su03.wav", ("surprised", "JE")),
+        ("emodb", "03a01Fa.wav", ("happy", "03")),
+        ("emodb", "16b10Lb.wav", ("bored", "16")),
+        ("emodb", "08a02Wc.wav", ("angry", "08")),
     ],
 )
-def test_layouts_read_label_and_speaker_from_names(parse, name, expected):
-    assert parse(Path("corpus") / name) == expected
+def test_layouts_read_label_and_speaker_from_names(layout, name, expected):
+    assert LAYOUTS[layout].parse(Path("corpus") / name) == expected
 
 
 @pytest.mark.parametrize(
-    ("parse", "name"),
+    ("layout", "name"),
     [
-        (parse_ravdess, "03-01-09-01-02-01-12.wav"),
-        (parse_ravdess, "01-01-06-01-02-01-12.wav"),
-        (parse_crema_d, "1001_DFA_XYZ_XX.wav"),
-        (parse_tess, "OAF_back_bored.wav"),
-        (parse_savee, "DC_x01.wav"),
-        (parse_emodb, "03a01Xa.wav"),
-        (parse_emodb, "1001_DFA_ANG_XX.wav"),
+        ("ravdess", "03-01-09-01-02-01-12.wav"),
+        ("ravdess", "01-01-06-01-02-01-12.wav"),
+        ("crema-d", "1001_DFA_XYZ_XX.wav"),
+        ("tess", "OAF_back_bored.wav"),
+        ("savee", "DC_x01.wav"),
+        ("emodb", "03a01Xa.wav"),
+        ("emodb", "1001_DFA_ANG_XX.wav"),
     ],
 )
-def test_layouts_refuse_names_that_do_not_fit(parse, name):
-    with pytest.raises(ValueError):
-        parse(Path(name))
+def test_layouts_refuse_names_that_do_not_fit(layout, name):
+    with pytest.raises(ValueError, match=f"{name} is not named like"):
+        LAYOUTS[layout].parse(Path(name))
 
 
 def write_tone(path: Path, seconds: float = 0.5) -> Path:

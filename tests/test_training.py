@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 
 from sercli import EMOTIONS
-from sercli.datasets import find_clips, parse_ravdess, speaker_folds
+from sercli.datasets import LAYOUTS, find_clips, speaker_folds
 from sercli.evaluation import classification_metrics
 from sercli.model import ModelCard, card_path
 
 
 def test_ravdess_names_are_parsed():
-    assert parse_ravdess(Path("Actor_07/03-01-05-02-01-02-07.wav")) == ("angry", "07")
+    assert LAYOUTS["ravdess"].parse(Path("Actor_07/03-01-05-02-01-02-07.wav")) == ("angry", "07")
     for bad in ("03-02-05-02-01-02-07.wav", "03-01-09-01-01-01-01.wav", "hello.wav"):
         with pytest.raises(ValueError):
-            parse_ravdess(Path(bad))
+            LAYOUTS["ravdess"].parse(Path(bad))
 
 
 def test_folds_hold_out_whole_actors_balanced_by_sex():
