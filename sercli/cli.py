@@ -632,6 +632,11 @@ def models(model: ModelOption = None) -> None:
     for key in ("data", "training_speakers", "training_actors", "validation_speakers", "validation_actors", "clips"):
         if key in card.training:
             table.add_row(key.replace("_", " "), str(card.training[key]))
+    if "label_counts" in card.training:
+        table.add_row("clips per label", ", ".join(f"{k} {v}" for k, v in card.training["label_counts"].items()))
+    if "fine_tuned_from" in card.training:
+        base = card.training["fine_tuned_from"]
+        table.add_row("fine-tuned from", f"{base['name']} (sha256 {base['sha256'][:12]})")
     Console().print(table)
     _print_metrics(card.metrics, Console())
 

@@ -162,6 +162,8 @@ def test_fine_tuning_the_bundled_model_on_new_labels_gets_a_new_head(table, tmp_
     assert card.labels == ["fast", "medium", "slow"]
     assert card.training["fine_tuned_from"]["sha256"] == bundled.sha256
     assert card.training["hyperparameters"]["learning_rate"] == 3e-4
+    shown = run("models", "--model", out).stdout
+    assert "fine-tuned from" in shown and "sercli-cnn-bilstm" in shown and "fast 12" in shown
     base, tuned = keras_model(bundled_model_path(".keras")), keras_model(out)
     assert tuned.output_shape == (None, 3)
     for before, after in zip(conv_kernels(base), conv_kernels(tuned), strict=True):
