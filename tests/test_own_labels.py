@@ -59,7 +59,7 @@ def table(ravdess, tmp_path_factory):
 @pytest.fixture(scope="module")
 def own_model(table, tmp_path_factory):
     out = tmp_path_factory.mktemp("own-model") / "own.keras"
-    run("train", table, "-o", out, "--cv-folds", "2", "--epochs", "2", "--variants", "1", "--batch-size", "16")
+    run("train", table, "-o", out, "--cv-folds", "2", "--epochs", "1", "--variants", "0", "--batch-size", "16")
     return out
 
 
@@ -156,7 +156,21 @@ def conv_kernels(model) -> list[np.ndarray]:
 
 def test_fine_tuning_the_bundled_model_on_new_labels_gets_a_new_head(table, tmp_path):
     out = tmp_path / "tuned.keras"
-    run("train", table, "--from", "bundled", "--freeze-conv", "-o", out, "--cv-folds", "0", "--epochs", "1")
+    run(
+        "train",
+        table,
+        "--from",
+        "bundled",
+        "--freeze-conv",
+        "-o",
+        out,
+        "--cv-folds",
+        "0",
+        "--epochs",
+        "1",
+        "--variants",
+        "0",
+    )
     card = ModelCard.read(card_path(out))
     bundled = ModelCard.read(card_path(bundled_model_path(".keras")))
     assert card.labels == ["fast", "medium", "slow"]
