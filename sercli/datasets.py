@@ -178,8 +178,11 @@ def find_clips(root: str | Path, layout: str | None = None) -> list[LabelledClip
     if not root.is_dir():
         raise DatasetError(f"{root} is not a folder")
     paths = find_audio_files([root])
-    if layout is None:
-        layout = detect_layout(root, paths)
+    return _layout_clips(root, paths, layout or detect_layout(root, paths))
+
+
+def _layout_clips(root: Path, paths: list[Path], layout: str) -> list[LabelledClip]:
+    """The clips among ``paths`` (audio files under ``root``) that ``layout`` names."""
     if layout == "folders":
         clips = [LabelledClip(p, p.parent.name) for p in paths if p.parent != root]
     elif layout in LAYOUTS:
@@ -322,9 +325,9 @@ def load_clips(source: str | Path, layout: str | None = None) -> tuple[list[Labe
     """
     source = Path(source)
     if source.is_dir():
-        layout = layout or detect_layout(source, find_audio_files([source]))
-        clips = find_clips(source, layout)
-        return clips, CORPORA.get(layout, f"one folder per label ({source.name})")
+        paths = find_audio_files([source])  # walked once, for the layout and the clips
+        layout = layout or detect_layout(source, paths)
+        return _layout_clips(source, paths, layout), CORPORA.get(layout, f"one folder per label ({source.name})")
     if layout is not None:
         raise DatasetError(f"--layout is for corpus folders; {source} is a labels table")
     return read_labels_table(source), f"labels table {source.name}"

@@ -373,9 +373,9 @@ def evaluate_clips(
     metrics["ua_ci95"] = list(bootstrap_ua_interval(true, predicted, groups, seed=seed)) if len(true) else None
     metrics["ua_ci95_resampled"] = "speakers" if groups is not None else "clips"
     if by_speaker:
+        of = clip_groups(data.clips)
         metrics["by_speaker"] = {
-            speaker: classification_metrics(true[members], predicted[members], data.labels)
-            for speaker in sorted({c.group for c in data.clips}, key=natural_key)
-            for members in [np.array([c.group == speaker for c in data.clips])]
+            speaker: classification_metrics(true[of == speaker], predicted[of == speaker], data.labels)
+            for speaker in sorted(set(of), key=natural_key)
         }
     return metrics

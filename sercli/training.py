@@ -617,11 +617,13 @@ def train_model(
     speakers = sorted({clip.group for clip in clips}, key=natural_key)
     split = _fixed_split(clips, validation, cv_folds, log)
     if split is not None:
-        validation, cv_folds = split["validation"], 0
+        train_speakers, validation, cv_folds = split["train"], split["validation"], 0
     else:
         validation = _known_speakers(validation, speakers)
-    train_speakers = [s for s in speakers if s not in validation and s not in (split or {}).get("test", [])]
-    _check_label_counts([c for c in clips if c.group in set(train_speakers)], labels)
+        train_speakers = [s for s in speakers if s not in validation]
+    _check_label_counts(
+        [c for c in clips if c.group in set(train_speakers)], labels
+    )  # before folds: its error is the one to see
     if split is not None:
         folds = [fold for fold in split.values() if fold]  # babble stays within a split
     else:

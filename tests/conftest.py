@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,18 @@ import soundfile as sf
 import soxr
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def sercli(*args, code: int = 0, **kwargs) -> subprocess.CompletedProcess:
+    """Run ``python -m sercli ARGS`` (text output captured) and check that it exits with ``code``.
+
+    ``kwargs`` go to :func:`subprocess.run` (``cwd``, ``env``, ``input``).
+    """
+    result = subprocess.run(
+        [sys.executable, "-m", "sercli", *map(str, args)], check=False, capture_output=True, text=True, **kwargs
+    )
+    assert result.returncode == code, result.stderr
+    return result
 
 
 def make_random_model(folder: Path, name: str = "random", normalization: str = "none") -> Path:

@@ -11,22 +11,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
-from conftest import ESPEAK_RATE, speech_with_silences
+from conftest import ESPEAK_RATE, sercli, speech_with_silences
 
 from sercli import EMOTIONS
 from sercli.writers import RESULT_COLUMNS, read_metadata, read_results
-
-
-def sercli(*args, check_code=0, **kwargs) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [sys.executable, "-m", "sercli", *map(str, args)],
-        check=False,
-        capture_output=True,
-        text=True,
-        **kwargs,
-    )
-    assert result.returncode == check_code, result.stderr
-    return result
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +41,7 @@ def litert_model(random_model):
 
 
 def test_stdout_holds_only_the_csv_and_a_bad_file_does_not_stop_the_batch(corpus, litert_model):
-    result = sercli("annotate", corpus, "-o", "-", "--model", litert_model, check_code=3)
+    result = sercli("annotate", corpus, "-o", "-", "--model", litert_model, code=3)
     table = pd.read_csv(io.StringIO(result.stdout))
     assert list(table.columns) == list(RESULT_COLUMNS)
     paths = table["path"].str.replace(str(corpus) + "/", "")
@@ -65,7 +53,7 @@ def test_stdout_holds_only_the_csv_and_a_bad_file_does_not_stop_the_batch(corpus
 
 def test_rows_are_sorted_and_probabilities_are_distributions(corpus, litert_model, tmp_path):
     out = tmp_path / "results.csv"
-    sercli("annotate", corpus, "-o", out, "--model", litert_model, "--quiet", check_code=3)
+    sercli("annotate", corpus, "-o", out, "--model", litert_model, "--quiet", code=3)
     table = read_results(out)
     assert table.equals(table.sort_values(["path", "start_s"], ignore_index=True))
     speech = table[table["label"].notna()]
@@ -88,7 +76,7 @@ def test_a_file_without_speech_has_one_row_without_label(corpus, litert_model, t
 
 def test_failures_are_listed_beside_the_output(corpus, litert_model, tmp_path):
     out = tmp_path / "results.csv"
-    sercli("annotate", corpus, "-o", out, "--model", litert_model, check_code=3)
+    sercli("annotate", corpus, "-o", out, "--model", litert_model, code=3)
     errors = pd.read_csv(tmp_path / "results.csv.errors.csv")
     assert list(errors["path"]) == [str(corpus / "b_corrupt.wav")]
     assert errors["error"][0] == "Format not recognised."
@@ -96,7 +84,7 @@ def test_failures_are_listed_beside_the_output(corpus, litert_model, tmp_path):
 
 def test_parquet_has_dtypes_and_run_metadata(corpus, litert_model, tmp_path):
     out = tmp_path / "results.parquet"
-    sercli("annotate", corpus, "-o", out, "--model", litert_model, "--aggressiveness", "3", check_code=3)
+    sercli("annotate", corpus, "-o", out, "--model", litert_model, "--aggressiveness", "3", code=3)
     schema = pq.read_schema(out)
     assert schema.names == list(RESULT_COLUMNS)
     assert str(schema.field("segment").type) == "int32"
@@ -110,7 +98,7 @@ def test_parquet_has_dtypes_and_run_metadata(corpus, litert_model, tmp_path):
 
 def test_export_round_trips_csv_and_parquet(corpus, litert_model, tmp_path):
     csv, parquet, back = tmp_path / "r.csv", tmp_path / "r.parquet", tmp_path / "back.csv"
-    sercli("annotate", corpus, "-o", csv, "--model", litert_model, check_code=3)
+    sercli("annotate", corpus, "-o", csv, "--model", litert_model, code=3)
     sercli("export", csv, parquet)
     sercli("export", parquet, back)
     original, converted = read_results(csv), read_results(parquet)
@@ -120,7 +108,7 @@ def test_export_round_trips_csv_and_parquet(corpus, litert_model, tmp_path):
 
 def test_per_file_summary(corpus, litert_model, tmp_path):
     csv, summary = tmp_path / "r.csv", tmp_path / "summary.csv"
-    sercli("annotate", corpus, "-o", csv, "--model", litert_model, check_code=3)
+    sercli("annotate", corpus, "-o", csv, "--model", litert_model, code=3)
     sercli("export", csv, summary, "--per-file")
     table, rows = pd.read_csv(summary), read_results(csv)
     assert len(table) == 3
@@ -140,7 +128,7 @@ def test_per_file_summary(corpus, litert_model, tmp_path):
 )
 def test_label_files_per_recording(corpus, litert_model, tmp_path, label_format, suffix, marker):
     csv = tmp_path / "r.csv"
-    sercli("annotate", corpus, "-o", csv, "--model", litert_model, check_code=3)
+    sercli("annotate", corpus, "-o", csv, "--model", litert_model, code=3)
     sercli("export", csv, tmp_path / "labels", "--labels", label_format)
     written = sorted(p.relative_to(tmp_path / "labels").as_posix() for p in (tmp_path / "labels").rglob("*.*"))
     assert written == [f"a_speech{suffix}", f"nested/stereo{suffix}"]
@@ -151,7 +139,7 @@ def test_label_files_per_recording(corpus, litert_model, tmp_path, label_format,
 def test_existing_output_is_not_overwritten_without_asking(corpus, litert_model, tmp_path):
     out = tmp_path / "results.csv"
     out.write_text("precious")
-    result = sercli("annotate", corpus / "a_speech.wav", "-o", out, "--model", litert_model, check_code=1)
+    result = sercli("annotate", corpus / "a_speech.wav", "-o", out, "--model", litert_model, code=1)
     assert "exists" in result.stderr and out.read_text() == "precious"
     sercli("annotate", corpus / "a_speech.wav", "-o", out, "--model", litert_model, "--overwrite")
     assert len(read_results(out)) == 3
@@ -167,7 +155,7 @@ def test_existing_output_is_not_overwritten_without_asking(corpus, litert_model,
     ],
 )
 def test_bad_options_give_one_line_errors(corpus, tmp_path, args, message):
-    result = sercli("annotate", *[a.format(corpus=corpus) for a in args], check_code=1, cwd=tmp_path)
+    result = sercli("annotate", *[a.format(corpus=corpus) for a in args], code=1, cwd=tmp_path)
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert result.stdout == ""
@@ -197,7 +185,7 @@ def test_a_closed_stdout_ends_the_run_quietly(corpus, litert_model):
 
 def test_stderr_holds_messages_and_summary_only_and_a_complete_resume_says_so(corpus, litert_model, tmp_path):
     out = tmp_path / "results.csv"
-    first = sercli("annotate", corpus, "-o", out, "--model", litert_model, check_code=3)
+    first = sercli("annotate", corpus, "-o", out, "--model", litert_model, code=3)
     assert first.stderr.startswith("skipped ") and first.stderr.splitlines()[-1].startswith("annotated 3 of 4 files")
     again = sercli(
         "annotate", corpus / "nested", corpus / "a_speech.wav", "-o", out, "--model", litert_model, "--resume"
@@ -207,21 +195,21 @@ def test_stderr_holds_messages_and_summary_only_and_a_complete_resume_says_so(co
 
 def test_label_exports_cover_the_recording_and_ask_before_replacing(corpus, litert_model, tmp_path):
     csv = tmp_path / "r.csv"
-    sercli("annotate", corpus, "-o", csv, "--model", litert_model, check_code=3)
+    sercli("annotate", corpus, "-o", csv, "--model", litert_model, code=3)
     sercli("export", csv, tmp_path / "labels", "--labels", "TextGrid")  # any case
     grid = (tmp_path / "labels" / "a_speech.TextGrid").read_text()
     length = sf.info(corpus / "a_speech.wav").duration
     assert f"xmax = {length:.3f}" in grid.splitlines()[4]  # the tier spans the audio, not the last segment
-    refused = sercli("export", csv, tmp_path / "labels", "--labels", "textgrid", check_code=1)
+    refused = sercli("export", csv, tmp_path / "labels", "--labels", "textgrid", code=1)
     assert "exists" in refused.stderr and "--overwrite" in refused.stderr
     sercli("export", csv, tmp_path / "labels", "--labels", "textgrid", "--overwrite")
-    wrong = sercli("export", csv, tmp_path / "lab.csv", "--labels", "audacity", check_code=1)
+    wrong = sercli("export", csv, tmp_path / "lab.csv", "--labels", "audacity", code=1)
     assert "into a folder" in wrong.stderr and not (tmp_path / "lab.csv").exists()
 
 
 def test_plot_draws_the_batch_and_each_recording(corpus, litert_model, tmp_path):
     csv = tmp_path / "r.csv"
-    sercli("annotate", corpus, "-o", csv, "--model", litert_model, check_code=3)
+    sercli("annotate", corpus, "-o", csv, "--model", litert_model, code=3)
     result = sercli("plot", csv, "-o", tmp_path / "plots")
     pictures = sorted(p.name for p in (tmp_path / "plots").iterdir())
     assert pictures == ["0001-a_speech.png", "0002-c_silence.png", "0003-stereo.png", "batch.png"]

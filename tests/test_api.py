@@ -1,12 +1,10 @@
 """The Python API: one call for a folder, an Annotator for many calls and for signals in memory."""
 
-import subprocess
-import sys
-
 import numpy as np
 import pandas as pd
 import soundfile as sf
 from conftest import ESPEAK_RATE, speech_with_silences
+from conftest import sercli as sercli_command
 
 import sercli
 from sercli.writers import RESULT_COLUMNS, read_results
@@ -21,21 +19,7 @@ def test_one_call_gives_the_table_annotate_writes(tmp_path, utterances, random_m
     assert table.attrs["errors"] == {str(tmp_path / "broken.wav"): "Format not recognised."}
     # the same rows and dtypes as the command line's output file
     out = tmp_path / "cli.parquet"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sercli",
-            "annotate",
-            tmp_path / "speech.wav",
-            "-o",
-            out,
-            "-m",
-            random_model.with_suffix(".tflite"),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    sercli_command("annotate", tmp_path / "speech.wav", "-o", out, "-m", random_model.with_suffix(".tflite"))
     pd.testing.assert_frame_equal(table, read_results(out), check_like=False)
 
 

@@ -6,7 +6,7 @@ import sys
 import pandas as pd
 import pytest
 import soundfile as sf
-from conftest import ESPEAK_RATE, speech_with_silences
+from conftest import ESPEAK_RATE, sercli, speech_with_silences
 
 from sercli.distributed import annotate_on_dask, part_names
 from sercli.files import find_audio_files
@@ -37,8 +37,7 @@ def local_rows(recordings, random_model, tmp_path_factory):
 def test_local_worker_processes_give_the_same_rows_as_one_process(recordings, random_model, local_rows, tmp_path):
     out = tmp_path / "rows.parquet"
     command = ["annotate", recordings, "-o", out, "-m", random_model.with_suffix(".tflite"), "--workers", "2"]
-    result = subprocess.run([sys.executable, "-m", "sercli", *map(str, command)], check=False, capture_output=True)
-    assert result.returncode == 3  # broken.wav
+    sercli(*command, code=3)  # broken.wav
     pd.testing.assert_frame_equal(read_results(out), local_rows)
 
 

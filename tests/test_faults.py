@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 import soxr
-from conftest import ESPEAK_RATE, speech_with_silences
+from conftest import ESPEAK_RATE, sercli, speech_with_silences
 
 from sercli.batch import CsvStream, annotate_into
 from sercli.model import load_classifier
@@ -21,14 +21,6 @@ from sercli.vad import VadConfig
 from sercli.writers import read_metadata, read_results
 
 ROOT = os.geteuid() == 0
-
-
-def sercli(*args, code=0, **kwargs):
-    result = subprocess.run(
-        [sys.executable, "-m", "sercli", *map(str, args)], check=False, capture_output=True, text=True, **kwargs
-    )
-    assert result.returncode == code, result.stderr
-    return result
 
 
 @pytest.fixture(scope="module")

@@ -102,28 +102,14 @@ def test_missing_card_is_refused(random_model, tmp_path):
 
 def test_backends_give_the_same_rows(random_model, tmp_path, utterances):
     import soundfile as sf
-    from conftest import ESPEAK_RATE, speech_with_silences
+    from conftest import ESPEAK_RATE, sercli, speech_with_silences
 
     signal, _ = speech_with_silences(utterances)
     sf.write(tmp_path / "speech.wav", signal, ESPEAK_RATE)
     tables = []
     for suffix in (".keras", ".tflite"):
         out = tmp_path / f"out{suffix}.csv"
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "sercli",
-                "annotate",
-                tmp_path / "speech.wav",
-                "-o",
-                out,
-                "-m",
-                random_model.with_suffix(suffix),
-            ],
-            check=True,
-            capture_output=True,
-        )
+        sercli("annotate", tmp_path / "speech.wav", "-o", out, "-m", random_model.with_suffix(suffix))
         tables.append(pd.read_csv(out))
     keras_rows, litert_rows = tables
     pd.testing.assert_frame_equal(keras_rows.iloc[:, :4], litert_rows.iloc[:, :4])

@@ -1,12 +1,9 @@
 """Normalisation over segments, recordings and folders: exact statistics, same rows however the audio arrives."""
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import ESPEAK_RATE, speech_with_silences
+from conftest import ESPEAK_RATE, sercli, speech_with_silences
 
 from sercli import pipeline
 from sercli.audio import iter_audio
@@ -134,23 +131,7 @@ def test_normalisation_must_match_the_model(classifier, random_model):
 
 
 def test_cli_refuses_folder_mode_across_processes(recordings, normalized_model):
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sercli",
-            "annotate",
-            str(recordings),
-            "--model",
-            str(normalized_model),
-            "--normalize",
-            "folder",
-            "--workers",
-            "2",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
+    result = sercli(
+        "annotate", recordings, "--model", normalized_model, "--normalize", "folder", "--workers", "2", code=1
     )
-    assert result.returncode == 1
     assert "needs one process" in result.stderr and len(result.stderr.strip().splitlines()) == 1

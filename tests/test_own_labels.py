@@ -2,14 +2,13 @@
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
+from conftest import sercli
 
 from sercli.datasets import find_clips
 from sercli.model import ModelCard, bundled_model_path, card_path
@@ -17,14 +16,6 @@ from sercli.writers import read_results
 
 SPEED = {"neutral": "slow", "calm": "slow", "happy": "slow", "sad": "medium", "angry": "medium"}
 """The ravdess fixture's emotions differ in espeak speaking rate: regrouped into 3 labels of our own."""
-
-
-def run(*args, code=0):
-    result = subprocess.run(
-        [sys.executable, "-m", "sercli", *map(str, args)], check=False, capture_output=True, text=True
-    )
-    assert result.returncode == code, result.stderr
-    return result
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +50,7 @@ def table(ravdess, tmp_path_factory):
 @pytest.fixture(scope="module")
 def own_model(table, tmp_path_factory):
     out = tmp_path_factory.mktemp("own-model") / "own.keras"
-    run("train", table, "-o", out, "--cv-folds", "2", "--epochs", "1", "--variants", "0", "--batch-size", "16")
+    sercli("train", table, "-o", out, "--cv-folds", "2", "--epochs", "1", "--variants", "0", "--batch-size", "16")
     return out
 
 
@@ -75,22 +66,22 @@ def test_the_output_layer_and_card_follow_the_table_labels(own_model):
 
 def test_annotate_writes_a_probability_column_per_model_label(own_model, ravdess, tmp_path):
     out = tmp_path / "rows.parquet"
-    run("annotate", ravdess / "Actor_01", "--model", own_model.with_suffix(".tflite"), "-o", out, "-q")
+    sercli("annotate", ravdess / "Actor_01", "--model", own_model.with_suffix(".tflite"), "-o", out, "-q")
     table = read_results(out)
     assert [c for c in table.columns if c.startswith("prob_")] == ["prob_fast", "prob_medium", "prob_slow"]
     speech = table[table["label"].notna()]
     assert set(speech["label"]) <= {"fast", "medium", "slow"}
     assert np.allclose(speech[["prob_fast", "prob_medium", "prob_slow"]].sum(axis=1), 1.0, atol=1e-3)
     summary = tmp_path / "summary.csv"
-    run("export", out, summary, "--per-file")
+    sercli("export", out, summary, "--per-file")
     assert "share_medium" in summary.read_text().splitlines()[0]
-    run("plot", out, "-o", tmp_path / "plots")
+    sercli("plot", out, "-o", tmp_path / "plots")
     assert (tmp_path / "plots" / "batch.png").stat().st_size > 1000
 
 
 def test_evaluate_gives_ua_with_a_bootstrap_interval_and_per_speaker_figures(own_model, table, tmp_path):
     plot = tmp_path / "confusion.png"
-    result = run("evaluate", table, "--model", own_model, "--by", "speaker", "--json", "--plot", plot)
+    result = sercli("evaluate", table, "--model", own_model, "--by", "speaker", "--json", "--plot", plot)
     metrics = json.loads(result.stdout)
     assert metrics["n"] == 32 and metrics["labels"] == ["fast", "medium", "slow"]
     low, high = metrics["ua_ci95"]
@@ -98,7 +89,7 @@ def test_evaluate_gives_ua_with_a_bootstrap_interval_and_per_speaker_figures(own
     assert list(metrics["by_speaker"]) == ["actor01", "actor02", "actor03", "actor04"]
     assert sum(m["n"] for m in metrics["by_speaker"].values()) == 32
     assert plot.stat().st_size > 1000
-    printed = run("evaluate", table, "--model", own_model, "--by", "speaker").stderr
+    printed = sercli("evaluate", table, "--model", own_model, "--by", "speaker").stderr
     assert "95 % CI" in printed and "by speaker" in printed and "actor04" in printed
 
 
@@ -110,13 +101,13 @@ def test_a_fixed_split_is_used_and_evaluate_takes_its_test_rows(table, tmp_path)
     fixed = tmp_path / "fixed.csv"
     frame.to_csv(fixed, index=False)
     out = tmp_path / "fixed.keras"
-    result = run("train", fixed, "-o", out, "--epochs", "1", "--variants", "0")
+    result = sercli("train", fixed, "-o", out, "--epochs", "1", "--variants", "0")
     assert "fixes the split: no cross-validation" in result.stderr
     card = ModelCard.read(card_path(out))
     assert card.training["training_speakers"] == ["actor01", "actor02"]
     assert card.metrics["validation"]["n"] == 8 and card.metrics["test"]["n"] == 8
     assert "cross_validation" not in card.metrics
-    evaluated = json.loads(run("evaluate", fixed, "--model", out, "--json").stdout)
+    evaluated = json.loads(sercli("evaluate", fixed, "--model", out, "--json").stdout)
     assert evaluated["n"] == 8
 
 
@@ -125,17 +116,17 @@ def test_training_errors_are_one_line(table, tmp_path):
     frame.loc[0, "label"] = "fsat"  # a typo: a label with one example
     typo = table.parent / "typo.csv"
     frame.to_csv(typo, index=False)
-    result = run("train", typo, "-o", tmp_path / "m.keras", code=1)
+    result = sercli("train", typo, "-o", tmp_path / "m.keras", code=1)
     assert "label 'fsat' has 1 training clips; each label needs at least 3" in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "typo.csv" in errors[0]  # (TensorFlow's oneDNN notice may precede it)
-    result = run("evaluate", typo, "--model", bundled_model_path(), code=1)
+    result = sercli("evaluate", typo, "--model", bundled_model_path(), code=1)
     assert "typo.csv: label 'fast' is not one of the model's labels (neutral, calm," in result.stderr
 
 
 def test_dataset_writes_the_table_train_would_use(ravdess, tmp_path):
     out = tmp_path / "ravdess.csv"
-    result = run("dataset", "ravdess", ravdess, "-o", out)
+    result = sercli("dataset", "ravdess", ravdess, "-o", out)
     assert "32 clips, 4 speakers" in result.stderr
     frame = pd.read_csv(out, dtype=str)
     assert list(frame.columns) == ["path", "label", "speaker"] and len(frame) == 32
@@ -156,7 +147,7 @@ def conv_kernels(model) -> list[np.ndarray]:
 
 def test_fine_tuning_the_bundled_model_on_new_labels_gets_a_new_head(table, tmp_path):
     out = tmp_path / "tuned.keras"
-    run(
+    sercli(
         "train",
         table,
         "--from",
@@ -176,7 +167,7 @@ def test_fine_tuning_the_bundled_model_on_new_labels_gets_a_new_head(table, tmp_
     assert card.labels == ["fast", "medium", "slow"]
     assert card.training["fine_tuned_from"]["sha256"] == bundled.sha256
     assert card.training["hyperparameters"]["learning_rate"] == 3e-4
-    shown = run("models", "--model", out).stdout
+    shown = sercli("models", "--model", out).stdout
     assert "fine-tuned from" in shown and "sercli-cnn-bilstm" in shown and "fast 12" in shown
     base, tuned = keras_model(bundled_model_path(".keras")), keras_model(out)
     assert tuned.output_shape == (None, 3)
@@ -190,7 +181,7 @@ def test_fine_tuning_the_bundled_model_on_new_labels_gets_a_new_head(table, tmp_
 
 def test_fine_tuning_on_the_same_labels_keeps_the_head(ravdess, tmp_path):
     out = tmp_path / "same.keras"
-    run("train", ravdess, "--from", "bundled", "-o", out, "--cv-folds", "0", "--epochs", "1", "--variants", "0")
+    sercli("train", ravdess, "--from", "bundled", "-o", out, "--cv-folds", "0", "--epochs", "1", "--variants", "0")
     base, tuned = keras_model(bundled_model_path(".keras")), keras_model(out)
     head_before, head_after = base.layers[-1].get_weights()[0], tuned.layers[-1].get_weights()[0]
     assert head_after.shape == head_before.shape == (256, 8)
@@ -199,7 +190,7 @@ def test_fine_tuning_on_the_same_labels_keeps_the_head(ravdess, tmp_path):
 
 
 def test_fine_tuning_refuses_a_model_of_other_normalization(table, random_model, tmp_path):
-    result = run("train", table, "--from", random_model, "-o", tmp_path / "m.keras", code=1)
+    result = sercli("train", table, "--from", random_model, "-o", tmp_path / "m.keras", code=1)
     assert "trained with none normalisation, not speaker" in result.stderr
 
 

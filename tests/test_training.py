@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import sercli
 
 from sercli import EMOTIONS
 from sercli.datasets import LAYOUTS, find_clips, speaker_folds
@@ -48,17 +49,9 @@ def test_both_wav_and_flac_clips_are_found(ravdess):
     assert {c.path.suffix for c in clips} == {".wav", ".flac"}
 
 
-def run(*args, code=0):
-    result = subprocess.run(
-        [sys.executable, "-m", "sercli", *map(str, args)], check=False, capture_output=True, text=True
-    )
-    assert result.returncode == code, result.stderr
-    return result
-
-
 def test_train_cross_validates_by_actor_and_writes_model_and_card(ravdess, tmp_path):
     out = tmp_path / "tiny.keras"
-    result = run("train", ravdess, "-o", out, "--cv-folds", "2", "--epochs", "1", "--batch-size", "16")
+    result = sercli("train", ravdess, "-o", out, "--cv-folds", "2", "--epochs", "1", "--batch-size", "16")
     assert "fold 2/2" in result.stderr and "epoch 1/1" in result.stderr
     assert out.exists() and out.with_suffix(".tflite").exists()
     card = ModelCard.read(card_path(out))
@@ -105,7 +98,7 @@ def test_train_cross_validates_by_actor_and_writes_model_and_card(ravdess, tmp_p
 
 def test_train_with_validation_speakers_reports_their_metrics(ravdess, tmp_path):
     out = tmp_path / "val.keras"
-    run("train", ravdess, "-o", out, "--cv-folds", "0", "--epochs", "1", "--val-speakers", "4")
+    sercli("train", ravdess, "-o", out, "--cv-folds", "0", "--epochs", "1", "--val-speakers", "4")
     card = ModelCard.read(card_path(out))
     assert card.training["training_speakers"] == ["01", "02", "03"]
     assert card.training["validation_speakers"] == ["04"]
@@ -130,7 +123,7 @@ def test_evaluate_reports_known_answers(ravdess, tmp_path):
     path = tmp_path / "angry.keras"
     save_model(model, path, card, signal_windows(np.random.default_rng(0).normal(0, 0.1, 32000).astype(np.float32)))
     plot = tmp_path / "cm.png"
-    result = run("evaluate", ravdess, "--model", path, "--json", "--plot", plot)
+    result = sercli("evaluate", ravdess, "--model", path, "--json", "--plot", plot)
     metrics = json.loads(result.stdout)
     assert metrics["n"] == 32
     assert metrics["accuracy"] == pytest.approx(1 / 8)
@@ -141,7 +134,7 @@ def test_evaluate_reports_known_answers(ravdess, tmp_path):
 
 
 def test_train_refuses_a_folder_without_known_names(tmp_path):
-    result = run("train", tmp_path, "-o", tmp_path / "m.keras", code=1)
+    result = sercli("train", tmp_path, "-o", tmp_path / "m.keras", code=1)
     assert "cannot tell the layout" in result.stderr and "--layout" in result.stderr
 
 
