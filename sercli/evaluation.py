@@ -218,6 +218,16 @@ def extract_features(
     return ClipFeatures(frames, clips)
 
 
+def clips_digest(key: dict, clips: list[LabelledClip]) -> str:
+    """A 16-hex-digit hash of ``key`` and the clips (file names, sizes, parts): a cache file's name."""
+    identity = {
+        **key,
+        "clips": [(c.path.name, c.path.stat().st_size) for c in clips],
+        "parts": [(c.start_s, c.end_s) for c in clips if c.start_s is not None],
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def cached_features(
     cache: Path | None,
     key: dict,
@@ -234,14 +244,7 @@ def cached_features(
     """
     if cache is None:
         return extract_features(clips, features, vad, degrade, log)
-    identity = {
-        **key,
-        "features": features.to_dict(),
-        "vad": asdict(vad),
-        "clips": [(c.path.name, c.path.stat().st_size) for c in clips],
-        "parts": [(c.start_s, c.end_s) for c in clips if c.start_s is not None],
-    }
-    digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    digest = clips_digest({**key, "features": features.to_dict(), "vad": asdict(vad)}, clips)
     path = Path(cache) / f"features-{digest}.npz"
     if path.exists():
         stored = np.load(path)

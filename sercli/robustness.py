@@ -27,7 +27,15 @@ import numpy as np
 
 from sercli.augment import CONDITIONS
 from sercli.datasets import LabelledClip, clip_groups, label_order
-from sercli.evaluation import ClipFeatures, Log, cached_features, classification_metrics, clip_probabilities, iter_clips
+from sercli.evaluation import (
+    ClipFeatures,
+    Log,
+    cached_features,
+    classification_metrics,
+    clip_probabilities,
+    clips_digest,
+    iter_clips,
+)
 from sercli.features import FeatureConfig
 from sercli.vad import VadConfig
 
@@ -47,6 +55,9 @@ class ConditionData:
         In Hz.
     features : ClipFeatures
         Their MFCC frames, found as ``annotate`` finds them.
+    digest : str
+        A hash of the condition, its seed, the folds (babble depends on them) and the clips:
+        names cache files of anything computed from ``signals``.
     """
 
     name: str
@@ -54,6 +65,7 @@ class ConditionData:
     signals: list[np.ndarray]
     sample_rate: int
     features: ClipFeatures
+    digest: str
 
 
 class System(Protocol):
@@ -94,7 +106,8 @@ def condition_data(
         signals.append(degrade(clean_signals[i], features.sample_rate, rng, [clean_signals[j] for j in chosen]))
     key = {"condition": name, "seed": seed, "folds": folds}
     extracted = cached_features(cache, key, clips, features, vad, degrade=lambda _, i: signals[i])
-    return ConditionData(name, clips, signals, features.sample_rate, extracted)
+    digest = clips_digest({**key, "sample_rate": features.sample_rate}, clips)
+    return ConditionData(name, clips, signals, features.sample_rate, extracted, digest)
 
 
 class CnnFolds:
@@ -139,11 +152,9 @@ class OpenSmileBaseline:
         self._functionals: dict[str, np.ndarray] = {}
 
     def functionals(self, data: ConditionData) -> np.ndarray:
-        """eGeMAPSv02 functionals of every clip, shape ``(n_clips, 88)``, cached per condition."""
+        """eGeMAPSv02 functionals of every clip, shape ``(n_clips, 88)``, cached under ``data.digest``."""
         if data.name not in self._functionals:
-            path = (
-                None if self.cache is None else Path(self.cache) / f"egemaps-{_slug(data.name)}-{len(data.clips)}.npy"
-            )
+            path = None if self.cache is None else Path(self.cache) / f"egemaps-{_slug(data.name)}-{data.digest}.npy"
             if path is not None and path.exists():
                 self._functionals[data.name] = np.load(path)
             else:

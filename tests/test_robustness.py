@@ -3,9 +3,10 @@
 import pytest
 
 from sercli.datasets import find_clips, speaker_folds
+from sercli.evaluation import iter_clips
 from sercli.features import FeatureConfig
 from sercli.model import load_classifier
-from sercli.robustness import CnnFolds, OpenSmileBaseline, format_table, robustness_table
+from sercli.robustness import CnnFolds, OpenSmileBaseline, condition_data, format_table, robustness_table
 from sercli.vad import VadConfig
 
 CONDITIONS = ["clean", "white 10 dB", "babble 10 dB", "telephone", "reverb 0.3 s", "gain -20 dB"]
@@ -46,3 +47,17 @@ def test_the_table_has_a_row_per_condition(table):
     for condition in CONDITIONS:
         assert f"| {condition} | " in text
     assert "per-class recall, openSMILE:" in text
+
+
+def test_cached_conditions_are_named_by_their_folds_and_seed(ravdess):
+    """Babble mixes other test speakers of a fold: 2-fold and 4-fold babble must not share a cache file."""
+    clips = [clip for clip in find_clips(ravdess, "ravdess") if clip.label in ("neutral", "angry")]
+    signals = list(iter_clips(clips, 16000))
+
+    def digest(folds, seed=0):
+        return condition_data("babble 10 dB", clips, signals, folds, FeatureConfig(), VadConfig(), seed).digest
+
+    two_folds = speaker_folds([c.speaker for c in clips], 2)
+    assert digest(two_folds) == digest(two_folds)
+    assert digest(two_folds) != digest(speaker_folds([c.speaker for c in clips], 4))
+    assert digest(two_folds) != digest(two_folds, seed=1)
