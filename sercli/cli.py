@@ -642,8 +642,11 @@ def models(model: ModelOption = None) -> None:
 
 
 def _print_metrics(metrics: dict, out: Console = console) -> None:
-    """Print each metrics block (cross-validation pooled, validation, test, evaluation) as tables."""
+    """Print each metrics block (cross-validation pooled, validation, test, evaluation, robustness) as tables."""
     for name, block in metrics.items():
+        if name == "robustness":
+            _print_robustness(block, out)
+            continue
         figures = block.get("pooled", block)
         labels = figures.get("labels") or list(figures["per_class_recall"])
         title = f"{name}: UA {figures['unweighted_accuracy']:.3f}"
@@ -658,6 +661,18 @@ def _print_metrics(metrics: dict, out: Console = console) -> None:
             recall = figures["per_class_recall"][label]
             table.add_row(label, *map(str, row), "-" if recall is None else f"{recall:.2f}")
         out.print(table)
+
+
+def _print_robustness(block: dict, out: Console = console) -> None:
+    """The robustness benchmark's UA table, as ``benchmarks/robustness.py --card`` stores it."""
+    systems = block["unweighted_accuracy"]
+    table = Table(title="robustness: clip-level UA", caption=block["protocol"])
+    table.add_column("condition", no_wrap=True)
+    for system in systems:
+        table.add_column(system, justify="right")
+    for condition in next(iter(systems.values())):
+        table.add_row(condition, *(f"{figures[condition]:.3f}" for figures in systems.values()))
+    out.print(table)
 
 
 def _print_by_speaker(by_speaker: dict, out: Console = console) -> None:

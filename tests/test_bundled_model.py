@@ -1,3 +1,7 @@
+import os
+
+from conftest import sercli
+
 from sercli import EMOTIONS
 from sercli.model import ModelCard, bundled_model_path, card_path, file_sha256, load_classifier
 
@@ -19,3 +23,13 @@ def test_bundled_model_is_shipped_with_a_complete_card():
     assert set(robustness["bundled"]) >= {"clean", "white 10 dB", "telephone", "babble 10 dB", "reverb 0.9 s"}
     assert "benchmarks/robustness.py" in card.metrics["robustness"]["command"]
     assert load_classifier(bundled_model_path()).card.name == card.name
+
+
+def test_models_shows_the_bundled_card_with_its_robustness_table():
+    shown = sercli("models", env={**os.environ, "COLUMNS": "80"}).stdout
+    assert "cross_validation: UA" in shown
+    assert "robustness: clip-level UA" in shown
+    card = ModelCard.read(card_path(bundled_model_path()))
+    clean = card.metrics["robustness"]["unweighted_accuracy"]["bundled"]["clean"]
+    assert f"{clean:.3f}" in shown
+    assert "telephone" in shown
