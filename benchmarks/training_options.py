@@ -26,8 +26,10 @@ OPTIONS = {
     "speaker-clean": TrainConfig(variants=0),
     "global-multi": TrainConfig(normalization="none"),
     "global-clean": TrainConfig(normalization="none", variants=0),
+    "speaker-multi-ema": TrainConfig(ema_momentum=0.99),
 }
-"""Named training configurations: normalisation over speakers or none (global), with or without degraded copies."""
+"""Named training configurations: normalisation over speakers or none (global), with or without degraded
+copies; ``speaker-multi-ema`` evaluates and keeps a moving average of the weights."""
 
 
 def main() -> None:
@@ -51,7 +53,8 @@ def main() -> None:
         started = time.monotonic()
         copies = degraded_variants(clips, features, vad, config, cache, folds, log=print)
         training = [f.windows(features.window_frames, config.window_hop_frames) for f in [clean, *copies]]
-        checkpoint = args.runs / f"{name}-seed{args.seed}-{args.folds}fold.cv.json"
+        epochs = "" if args.epochs == TrainConfig.epochs else f"-{args.epochs}epochs"
+        checkpoint = args.runs / f"{name}-seed{args.seed}{epochs}-{args.folds}fold.cv.json"
         results[name] = cross_validate(
             training, data, folds, config, checkpoint, log=lambda m, name=name: print(name, m, flush=True)
         )

@@ -37,6 +37,7 @@ from sercli.evaluation import (
     ClipFeatures,
     Log,
     WindowSet,
+    bootstrap_ua_interval,
     cached_features,
     classification_metrics,
     clip_probabilities,
@@ -91,6 +92,10 @@ class TrainConfig:
     freeze_convolutions : bool
         When fine-tuning (:func:`fit` with a base model): keep the base model's
         convolution blocks as trained.
+    ema_momentum : float or None
+        Keep an exponential moving average of the weights, updated after every batch
+        with this momentum (Polyak averaging): validation, early stopping and the
+        returned model use the averaged weights. None: the weights as trained.
     """
 
     epochs: int = 30
@@ -104,6 +109,7 @@ class TrainConfig:
     spec_augment: bool = True
     window_hop_frames: int = 50
     freeze_convolutions: bool = False
+    ema_momentum: float | None = None
 
     def __post_init__(self) -> None:
         if self.normalization not in TRAIN_NORMALIZATIONS:
@@ -183,13 +189,18 @@ def fit(
         model = build_cnn_bilstm(mean, std, sample.shape[1], sample.shape[2], n_classes=len(labels))
     else:
         model = fine_tuning_model(base.model, base.card.labels, labels, config.freeze_convolutions)
+    averaged = config.ema_momentum is not None
     model.compile(
-        optimizer=keras.optimizers.Adam(config.learning_rate),
+        optimizer=keras.optimizers.Adam(
+            config.learning_rate, use_ema=averaged, ema_momentum=config.ema_momentum or 0.99
+        ),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
     history = _EpochLog(validation, config, log)
-    callbacks: list = [history]
+    # With averaging, the averaged weights are swapped in at each epoch's end, before validation and early stopping.
+    callbacks: list = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if averaged else []
+    callbacks.append(history)
     if validation is not None:
         callbacks.append(
             keras.callbacks.EarlyStopping(
@@ -238,12 +249,13 @@ def cross_validate(
     -------
     dict
         ``folds`` (per-fold metrics, test speakers, best epoch) and ``pooled``
-        (metrics over all folds' test clips together), plus ``mean_ua`` and ``std_ua``.
+        (metrics over all folds' test clips together, with a 95 % bootstrap interval
+        on UA resampling whole speakers), plus ``mean_ua`` and ``std_ua``.
     """
     import json
 
     done = json.loads(checkpoint.read_text()) if checkpoint.exists() else {}
-    true_all, predicted_all = [], []
+    true_all, predicted_all, speakers_all = [], [], []
     for k, test_speakers in enumerate(folds):
         rest = sorted({clip.group for clip in data.clips} - set(test_speakers), key=natural_key)
         val_speakers = validation_speakers(rest)
@@ -273,13 +285,18 @@ def cross_validate(
         log(f"fold {k + 1}: UA {metrics['unweighted_accuracy']:.3f}, accuracy {metrics['accuracy']:.3f}")
         true_all += fold["true"]
         predicted_all += fold["predicted"]
+        speakers_all += [clip.group for clip in data.for_speakers(test_speakers).clips]
     fold_ua = [done[str(k)]["metrics"]["unweighted_accuracy"] for k in range(len(folds))]
+    true_all, predicted_all = np.array(true_all), np.array(predicted_all)
+    pooled = classification_metrics(true_all, predicted_all, data.labels)
+    pooled["ua_ci95"] = list(bootstrap_ua_interval(true_all, predicted_all, np.array(speakers_all)))
+    pooled["ua_ci95_resampled"] = "speakers"
     return {
         "protocol": f"{len(folds)}-fold leave-speakers-out, clip level (mean of window probabilities), "
         f"test clips normalised per {_eval_normalization(config)}",
         "mean_ua": float(np.mean(fold_ua)),
         "std_ua": float(np.std(fold_ua)),
-        "pooled": classification_metrics(np.array(true_all), np.array(predicted_all), data.labels),
+        "pooled": pooled,
         "folds": [
             {key: done[str(k)][key] for key in ("test_speakers", "validation_speakers", "best_epoch", "metrics")}
             for k in range(len(folds))

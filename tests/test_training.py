@@ -60,7 +60,9 @@ def test_train_cross_validates_by_actor_and_writes_model_and_card(ravdess, tmp_p
     for fold in folds:
         assert not set(fold["validation_speakers"]) & set(fold["test_speakers"])
         assert fold["metrics"]["n"] == 16
-    assert card.metrics["cross_validation"]["pooled"]["n"] == 32
+    pooled = card.metrics["cross_validation"]["pooled"]
+    assert pooled["n"] == 32 and pooled["ua_ci95_resampled"] == "speakers"
+    assert pooled["ua_ci95"][0] <= pooled["unweighted_accuracy"] <= pooled["ua_ci95"][1]
     assert card.training["training_speakers"] == ["01", "02", "03", "04"]
     assert card.training["data"].startswith("RAVDESS") and card.labels == list(EMOTIONS)
     assert card.training["clips"] == 32 and len(card.training["data_sha256"]) == 64
@@ -161,3 +163,27 @@ def test_training_commands_name_the_extra_when_tensorflow_is_missing(tmp_path, r
         check=False,
     )
     assert result.returncode == 0 and len(result.stdout.splitlines()) > 8
+
+
+def test_weight_averaging_returns_the_average_with_and_without_validation(ravdess):
+    """Momentum 1 freezes the average at the weights after the first batch: one epoch or two give the same
+    model, early stopping included; without averaging, the second epoch changes the weights."""
+    from sercli.evaluation import extract_features
+    from sercli.features import FeatureConfig
+    from sercli.training import TrainConfig, fit
+    from sercli.vad import VadConfig
+
+    data = extract_features(find_clips(ravdess, "ravdess"), FeatureConfig(), VadConfig()).windows(100, 100)
+    train, validation = data.for_speakers(["01", "02", "03"]), data.for_speakers(["04"])
+
+    def trained(epochs, momentum, validation=None):
+        config = TrainConfig(epochs=epochs, min_epochs=0, batch_size=16, variants=0, ema_momentum=momentum)
+        model, _ = fit([train], validation, config)
+        return [w.numpy() for w in model.trainable_weights]
+
+    def same(a, b):  # Keras swaps averaged weights in by adding and subtracting: equal to rounding
+        return all(np.allclose(x, y, rtol=0, atol=1e-6) for x, y in zip(a, b, strict=True))
+
+    assert not same(trained(1, None), trained(2, None))
+    assert same(trained(1, 1.0), trained(2, 1.0))
+    assert same(trained(1, 1.0, validation), trained(2, 1.0, validation))
