@@ -228,7 +228,8 @@ def robustness_table(
     -------
     dict
         ``{system name: {condition: metrics}}``, metrics as
-        :func:`sercli.evaluation.classification_metrics` gives them over all folds' test clips.
+        :func:`sercli.evaluation.classification_metrics` gives them over all folds' test clips,
+        plus ``fold_unweighted_accuracy`` (each fold's UA, in fold order).
     """
     clean_signals = list(iter_clips(clips, features.sample_rate))
     clean = condition_data("clean", clips, clean_signals, folds, features, vad, seed, cache)
@@ -248,9 +249,11 @@ def robustness_table(
                 train = np.flatnonzero(~np.isin(speakers, test_speakers))
                 predicted.append(system.predict(k, train, test, clean, data))
                 true.append(np.array([labels.index(clips[i].label) for i in test]))
-            table[system.name][condition] = classification_metrics(
-                np.concatenate(true), np.concatenate(predicted), labels
-            )
+            metrics = classification_metrics(np.concatenate(true), np.concatenate(predicted), labels)
+            metrics["fold_unweighted_accuracy"] = [
+                classification_metrics(t, p, labels)["unweighted_accuracy"] for t, p in zip(true, predicted)
+            ]
+            table[system.name][condition] = metrics
             log(f"{condition:14s} {system.name}: UA {table[system.name][condition]['unweighted_accuracy']:.3f}")
     return table
 

@@ -32,6 +32,8 @@ def test_every_system_is_scored_on_every_clip_under_every_condition(table):
         assert list(system) == CONDITIONS
         for metrics in system.values():
             assert metrics["n"] == 32 and 0 <= metrics["unweighted_accuracy"] <= 1
+            folds = metrics["fold_unweighted_accuracy"]
+            assert len(folds) == 2 and min(folds) <= metrics["unweighted_accuracy"] <= max(folds)
 
 
 def test_the_baseline_learns_the_fixture_and_degradations_cost_it(table):
