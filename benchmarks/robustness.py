@@ -55,7 +55,9 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, help="folder keeping degraded features between runs")
     parser.add_argument("--per-class", action="store_true")
     parser.add_argument("--json", type=Path, help="write all metrics here")
-    parser.add_argument("--card", type=Path, help="also store the UA table in this model card (metrics.robustness)")
+    parser.add_argument(
+        "--card", type=Path, help="also store the UA table in this model card (metrics.robustness_<N>fold)"
+    )
     args = parser.parse_args()
 
     features, vad = FeatureConfig(), VadConfig()
@@ -83,7 +85,7 @@ def main() -> None:
         args.json.write_text(json.dumps(table, indent=1))
     if args.card:
         card = ModelCard.read(args.card)
-        card.metrics["robustness"] = {
+        card.metrics[f"robustness_{args.folds}fold"] = {
             "protocol": protocol,
             "command": "python benchmarks/robustness.py " + " ".join(sys.argv[1:]),
             "unweighted_accuracy": {

@@ -644,8 +644,8 @@ def models(model: ModelOption = None) -> None:
 def _print_metrics(metrics: dict, out: Console = console) -> None:
     """Print each metrics block (cross-validation pooled, validation, test, evaluation, robustness) as tables."""
     for name, block in metrics.items():
-        if name == "robustness":
-            _print_robustness(block, out)
+        if isinstance(block.get("unweighted_accuracy"), dict):  # a robustness table: {system: {condition: UA}}
+            _print_robustness(name, block, out)
             continue
         figures = block.get("pooled", block)
         labels = figures.get("labels") or list(figures["per_class_recall"])
@@ -663,10 +663,10 @@ def _print_metrics(metrics: dict, out: Console = console) -> None:
         out.print(table)
 
 
-def _print_robustness(block: dict, out: Console = console) -> None:
+def _print_robustness(name: str, block: dict, out: Console = console) -> None:
     """The robustness benchmark's UA table, as ``benchmarks/robustness.py --card`` stores it."""
     systems = block["unweighted_accuracy"]
-    table = Table(title="robustness: clip-level UA", caption=block["protocol"])
+    table = Table(title=f"{name}: clip-level UA", caption=block["protocol"])
     table.add_column("condition", no_wrap=True)
     for system in systems:
         table.add_column(system, justify="right")
