@@ -187,3 +187,22 @@ def test_weight_averaging_returns_the_average_with_and_without_validation(ravdes
     assert not same(trained(1, None), trained(2, None))
     assert same(trained(1, 1.0), trained(2, 1.0))
     assert same(trained(1, 1.0, validation), trained(2, 1.0, validation))
+
+
+def test_cv_spread_scores_folds_speakers_and_every_test_set(ravdess, tmp_path):
+    """Actors 01 and 02 all right, 03 and 04 all wrong: known figures at every level."""
+    clips = find_clips(ravdess, "ravdess")
+    checkpoint = {}
+    for k, (speakers, shift) in enumerate([(["01", "02"], 0), (["03", "04"], 1)]):
+        true = [EMOTIONS.index(c.label) for c in clips if c.group in speakers]
+        checkpoint[str(k)] = {"test_speakers": speakers, "true": true, "predicted": [(t + shift) % 8 for t in true]}
+    path = tmp_path / "cv.json"
+    path.write_text(json.dumps(checkpoint))
+    script = Path(__file__).parents[1] / "benchmarks" / "cv_spread.py"
+    run = [sys.executable, script, ravdess, path, "--men", "1", "--women", "1"]
+    printed = subprocess.run(run, capture_output=True, text=True, check=True).stdout
+    assert "fold 1 (test 01, 02): UA 1.000" in printed and "fold 2 (test 03, 04): UA 0.000" in printed
+    assert "pooled: UA 0.500" in printed
+    assert "by speaker: 01 1.00, 02 1.00, 03 0.00, 04 0.00" in printed
+    assert "4 test sets of 1 men and 1 women" in printed
+    assert "median 0.500, lowest 0.000, highest 1.000" in printed
