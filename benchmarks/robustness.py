@@ -78,7 +78,10 @@ def main() -> None:
         systems, clips, folds, conditions, features, vad, cache=args.cache, log=lambda m: print(m, file=sys.stderr)
     )
     actors = sorted({int(c.speaker) for c in clips})
-    protocol = f"{args.folds}-fold leave-actors-out over actors {actors}, clip-level UA"
+    protocol = (
+        f"{args.folds}-fold leave-actors-out over actors {actors[0]:02d}-{actors[-1]:02d} ({len(actors)} actors, "
+        f"{len(actors) // args.folds} tested a fold), clip-level UA; each condition applied alone to the test clips"
+    )
     print(protocol + "\n")
     print(format_table(table, args.per_class))
     if args.json:

@@ -22,6 +22,9 @@ def test_bundled_model_is_shipped_with_a_complete_card():
     robustness = card.metrics["robustness_2fold"]["unweighted_accuracy"]
     assert set(robustness["bundled"]) >= {"clean", "white 10 dB", "telephone", "babble 10 dB", "reverb 0.9 s"}
     assert "benchmarks/robustness.py" in card.metrics["robustness_2fold"]["command"]
+    five_fold = card.metrics["robustness_5fold"]["unweighted_accuracy"]
+    assert {"bundled", "openSMILE per speaker"} <= set(five_fold)
+    assert set(five_fold["bundled"]) == set(robustness["bundled"])  # the same conditions as the 2-fold table
     assert load_classifier(bundled_model_path()).card.name == card.name
 
 
