@@ -358,6 +358,20 @@ def bootstrap_ua_interval(
     return float(low), float(high)
 
 
+def metrics_with_interval(
+    true: np.ndarray, predicted: np.ndarray, clips: list[LabelledClip], labels: list[str], seed: int = 0
+) -> dict:
+    """:func:`classification_metrics` of clips ``clips`` with a 95 % bootstrap interval on UA
+    (``ua_ci95``; ``ua_ci95_resampled`` says ``speakers`` when every clip has one and whole
+    speakers were resampled, else ``clips``)."""
+    metrics = classification_metrics(true, predicted, labels)
+    speakers = [clip.speaker for clip in clips]
+    groups = np.array(speakers, dtype=object) if all(s is not None for s in speakers) else None
+    metrics["ua_ci95"] = list(bootstrap_ua_interval(true, predicted, groups, seed=seed)) if len(true) else None
+    metrics["ua_ci95_resampled"] = "speakers" if groups is not None else "clips"
+    return metrics
+
+
 def evaluate_clips(
     predict: Callable[[np.ndarray], np.ndarray],
     data: WindowSet,
@@ -370,11 +384,7 @@ def evaluate_clips(
     ``by_speaker``, the metrics of each speaker's clips (``by_speaker``: speaker -> metrics)."""
     probabilities = clip_probabilities(predict(data.normalized(normalization)), data)
     true, predicted = data.clip_labels, probabilities.argmax(axis=1)
-    metrics = classification_metrics(true, predicted, data.labels)
-    speakers = [clip.speaker for clip in data.clips]
-    groups = np.array(speakers, dtype=object) if all(s is not None for s in speakers) else None
-    metrics["ua_ci95"] = list(bootstrap_ua_interval(true, predicted, groups, seed=seed)) if len(true) else None
-    metrics["ua_ci95_resampled"] = "speakers" if groups is not None else "clips"
+    metrics = metrics_with_interval(true, predicted, data.clips, data.labels, seed)
     if by_speaker:
         of = clip_groups(data.clips)
         metrics["by_speaker"] = {

@@ -37,7 +37,6 @@ from sercli.evaluation import (
     ClipFeatures,
     Log,
     WindowSet,
-    bootstrap_ua_interval,
     cached_features,
     classification_metrics,
     clip_probabilities,
@@ -45,6 +44,7 @@ from sercli.evaluation import (
     evaluate_windows,
     group_moments,
     iter_clips,
+    metrics_with_interval,
 )
 from sercli.export import save_model
 from sercli.features import FeatureConfig
@@ -250,12 +250,12 @@ def cross_validate(
     dict
         ``folds`` (per-fold metrics, test speakers, best epoch) and ``pooled``
         (metrics over all folds' test clips together, with a 95 % bootstrap interval
-        on UA resampling whole speakers), plus ``mean_ua`` and ``std_ua``.
+        on UA: see :func:`sercli.evaluation.metrics_with_interval`), plus ``mean_ua`` and ``std_ua``.
     """
     import json
 
     done = json.loads(checkpoint.read_text()) if checkpoint.exists() else {}
-    true_all, predicted_all, speakers_all = [], [], []
+    true_all, predicted_all, clips_all = [], [], []
     for k, test_speakers in enumerate(folds):
         rest = sorted({clip.group for clip in data.clips} - set(test_speakers), key=natural_key)
         val_speakers = validation_speakers(rest)
@@ -285,12 +285,9 @@ def cross_validate(
         log(f"fold {k + 1}: UA {metrics['unweighted_accuracy']:.3f}, accuracy {metrics['accuracy']:.3f}")
         true_all += fold["true"]
         predicted_all += fold["predicted"]
-        speakers_all += [clip.group for clip in data.for_speakers(test_speakers).clips]
+        clips_all += data.for_speakers(test_speakers).clips
     fold_ua = [done[str(k)]["metrics"]["unweighted_accuracy"] for k in range(len(folds))]
-    true_all, predicted_all = np.array(true_all), np.array(predicted_all)
-    pooled = classification_metrics(true_all, predicted_all, data.labels)
-    pooled["ua_ci95"] = list(bootstrap_ua_interval(true_all, predicted_all, np.array(speakers_all)))
-    pooled["ua_ci95_resampled"] = "speakers"
+    pooled = metrics_with_interval(np.array(true_all), np.array(predicted_all), clips_all, data.labels)
     return {
         "protocol": f"{len(folds)}-fold leave-speakers-out, clip level (mean of window probabilities), "
         f"test clips normalised per {_eval_normalization(config)}",

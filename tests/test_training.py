@@ -43,6 +43,20 @@ def test_metrics_on_known_predictions():
     assert metrics["confusion"][1][:3] == [1, 3, 0]
 
 
+def test_the_ua_interval_resamples_speakers_only_when_every_clip_has_one():
+    from sercli.datasets import LabelledClip
+    from sercli.evaluation import metrics_with_interval
+
+    true = np.array([0, 1, 0, 1, 0, 1, 0, 1])
+    predicted = np.array([0, 1, 0, 1, 1, 0, 1, 0])  # speakers a and b all right, c and d all wrong
+    clips = [LabelledClip(Path(f"{i}.wav"), EMOTIONS[t], "abcd"[i // 2]) for i, t in enumerate(true)]
+    by_speaker = metrics_with_interval(true, predicted, clips, list(EMOTIONS))
+    assert by_speaker["ua_ci95_resampled"] == "speakers" and by_speaker["unweighted_accuracy"] == 0.5
+    assert by_speaker["ua_ci95"][0] < 0.5 < by_speaker["ua_ci95"][1]
+    clips[0] = LabelledClip(Path("0.wav"), EMOTIONS[0], None)
+    assert metrics_with_interval(true, predicted, clips, list(EMOTIONS))["ua_ci95_resampled"] == "clips"
+
+
 def test_both_wav_and_flac_clips_are_found(ravdess):
     clips = find_clips(ravdess)
     assert len(clips) == 32 and {c.speaker for c in clips} == {"01", "02", "03", "04"}
