@@ -192,7 +192,7 @@ def fit(
     averaged = config.ema_momentum is not None
     model.compile(
         optimizer=keras.optimizers.Adam(
-            config.learning_rate, use_ema=averaged, ema_momentum=config.ema_momentum or 0.99
+            config.learning_rate, use_ema=averaged, ema_momentum=config.ema_momentum if averaged else 0.99
         ),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],

@@ -199,6 +199,7 @@ def test_weight_averaging_returns_the_average_with_and_without_validation(ravdes
         return all(np.allclose(x, y, rtol=0, atol=1e-6) for x, y in zip(a, b, strict=True))
 
     assert not same(trained(1, None), trained(2, None))
+    assert same(trained(2, 0.0), trained(2, None))  # momentum 0: the average is the weights as trained
     assert same(trained(1, 1.0), trained(2, 1.0))
     assert same(trained(1, 1.0, validation), trained(2, 1.0, validation))
 
