@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from sercli import EMOTIONS
-from sercli.datasets import find_clips
-from sercli.evaluation import bootstrap_ua_interval, classification_metrics
+from sercli.datasets import clip_groups, find_clips
+from sercli.evaluation import classification_metrics, metrics_with_interval
 
 
 def main() -> None:
@@ -33,23 +33,25 @@ def main() -> None:
     labels = list(EMOTIONS)
     clips = find_clips(args.ravdess, "ravdess")
     folds = json.loads(args.checkpoint.read_text())
-    true, predicted, speakers = [], [], []
+    true, predicted, tested_clips = [], [], []
     for k in sorted(folds, key=int):
         fold = folds[k]
         tested = set(fold["test_speakers"])
-        fold_speakers = [clip.group for clip in clips if clip.group in tested]  # the fold's clips in test order
         ua = classification_metrics(np.array(fold["true"]), np.array(fold["predicted"]), labels)
         print(f"fold {int(k) + 1} (test {', '.join(sorted(tested))}): UA {ua['unweighted_accuracy']:.3f}")
         true += fold["true"]
         predicted += fold["predicted"]
-        speakers += fold_speakers
-    true, predicted, speakers = np.array(true), np.array(predicted), np.array(speakers)
+        tested_clips += [clip for clip in clips if clip.group in tested]  # the fold's clips in test order
+    true, predicted, speakers = np.array(true), np.array(predicted), clip_groups(tested_clips)
 
     def ua(rows: np.ndarray) -> float:
         return classification_metrics(true[rows], predicted[rows], labels)["unweighted_accuracy"]
 
-    low, high = bootstrap_ua_interval(true, predicted, speakers)
-    print(f"pooled: UA {ua(np.ones(len(true), bool)):.3f} (95 % CI {low:.3f}-{high:.3f}, speakers resampled)")
+    pooled = metrics_with_interval(true, predicted, tested_clips, labels)
+    low, high = pooled["ua_ci95"]
+    print(
+        f"pooled: UA {pooled['unweighted_accuracy']:.3f} (95 % CI {low:.3f}-{high:.3f}, {pooled['ua_ci95_resampled']} resampled)"
+    )
     by_speaker = {s: ua(speakers == s) for s in np.unique(speakers)}
     print("by speaker: " + ", ".join(f"{s} {v:.2f}" for s, v in by_speaker.items()))
     men = [s for s in by_speaker if int(s) % 2]

@@ -129,11 +129,11 @@ class CnnFolds:
         self._windows: dict[str, object] = {}
 
     def predict(self, fold, train, test, clean, data):
-        if data.name not in self._windows:
-            self._windows[data.name] = data.features.windows(
+        if data.digest not in self._windows:
+            self._windows[data.digest] = data.features.windows(
                 self.features.window_frames, self.features.window_hop_frames
             )
-        windows = self._windows[data.name]
+        windows = self._windows[data.digest]
         subset = windows.for_speakers({data.clips[i].group for i in test})
         probabilities = self.predictors[fold](subset.normalized(self.normalization))
         return clip_probabilities(probabilities, subset).argmax(axis=1)
@@ -153,20 +153,20 @@ class OpenSmileBaseline:
 
     def functionals(self, data: ConditionData) -> np.ndarray:
         """eGeMAPSv02 functionals of every clip, shape ``(n_clips, 88)``, cached under ``data.digest``."""
-        if data.name not in self._functionals:
+        if data.digest not in self._functionals:
             path = None if self.cache is None else Path(self.cache) / f"egemaps-{_slug(data.name)}-{data.digest}.npy"
             if path is not None and path.exists():
-                self._functionals[data.name] = np.load(path)
+                self._functionals[data.digest] = np.load(path)
             else:
                 # openSMILE's native library corrupts memory beside TensorFlow's or LiteRT's in one
                 # process (malloc aborts seen here): it runs in a fresh process of its own.
                 with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
                     values = pool.submit(egemaps_functionals, data.signals, data.sample_rate).result()
-                self._functionals[data.name] = values
+                self._functionals[data.digest] = values
                 if path is not None:
                     path.parent.mkdir(parents=True, exist_ok=True)
                     np.save(path, values)
-        return self._functionals[data.name]
+        return self._functionals[data.digest]
 
     def _standardized(self, values: np.ndarray, clips: list[LabelledClip], reference: np.ndarray) -> np.ndarray:
         if not self.per_speaker:

@@ -635,9 +635,8 @@ def train_model(
     else:
         validation = _known_speakers(validation, speakers)
         train_speakers = [s for s in speakers if s not in validation]
-    _check_label_counts(
-        [c for c in clips if c.group in set(train_speakers)], labels
-    )  # before folds: its error is the one to see
+    # before the folds: a missing label's error is the one to see
+    _check_label_counts([c for c in clips if c.group in set(train_speakers)], labels)
     if split is not None:
         folds = [fold for fold in split.values() if fold]  # babble stays within a split
     else:
