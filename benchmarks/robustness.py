@@ -24,17 +24,24 @@ from sercli.augment import CONDITIONS
 from sercli.datasets import find_clips, speaker_folds
 from sercli.features import FeatureConfig
 from sercli.model import ModelCard
+from sercli.normalization import FrameStats
 from sercli.robustness import CnnFolds, OpenSmileBaseline, format_table, robustness_table
 from sercli.vad import VadConfig
 
 
-def keras_predictors(folder: Path, folds: int) -> list:
-    """One batched predict function per fold model in ``folder``."""
+def keras_predictors(folder: Path, folds: int) -> tuple[list, list]:
+    """One batched predict function per fold model in ``folder``, and each fold's prior
+    (``fold-<k>.prior.json``; none for models trained before priors)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
     models = [keras.models.load_model(folder / f"fold-{k}.keras", compile=False) for k in range(folds)]
-    return [lambda w, m=m: m.predict(w[..., None], batch_size=256, verbose=0) for m in models]
+    priors = []
+    for k in range(folds):
+        path = folder / f"fold-{k}.prior.json"
+        fields = json.loads(path.read_text()) if path.exists() else {}
+        priors.append(FrameStats.of_moments(fields["mean"], fields["std"], fields["frames"]) if fields else None)
+    return [lambda w, m=m: m.predict(w[..., None], batch_size=256, verbose=0) for m in models], priors
 
 
 def main() -> None:
@@ -45,8 +52,9 @@ def main() -> None:
         "--cnn",
         action="append",
         default=[],
-        metavar="NAME=FOLDER[:NORMALIZATION]",
-        help="fold models of a cross-validation; normalisation speaker (default), recording or none",
+        metavar="NAME=FOLDER[:GROUPING]",
+        help="fold models of a cross-validation; test clips standardised per speaker (default), "
+        "mixed (a fold's test clips together: a folder of clips of several speakers), recording (per clip) or none",
     )
     parser.add_argument(
         "--baseline", action="store_true", help="add openSMILE eGeMAPS + LogReg, per speaker and global"
@@ -67,9 +75,9 @@ def main() -> None:
     loaded: dict[str, list] = {}
     for spec in args.cnn:
         name, _, target = spec.partition("=")
-        folder, _, normalization = target.partition(":")
-        predictors = loaded.setdefault(folder, keras_predictors(Path(folder), args.folds))
-        systems.append(CnnFolds(name, predictors, features, normalization or "speaker"))
+        folder, _, grouping = target.partition(":")
+        predictors, priors = loaded.setdefault(folder, keras_predictors(Path(folder), args.folds))
+        systems.append(CnnFolds(name, predictors, features, grouping or "speaker", priors))
     if args.baseline:
         systems.append(OpenSmileBaseline("openSMILE per speaker", per_speaker=True, cache=args.cache))
         systems.append(OpenSmileBaseline("openSMILE global", per_speaker=False, cache=args.cache))

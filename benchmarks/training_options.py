@@ -1,11 +1,14 @@
-"""Compare training options by leave-actors-out cross-validation on RAVDESS.
+"""Compare training options by leave-speakers-out cross-validation on RAVDESS (and other corpora).
 
 Each option is trained with the same folds, seed and data; the fold models are
 kept in ``RUNS/<option>.cv/`` for ``benchmarks/robustness.py``. Interrupted runs
-resume from their fold checkpoints.
+resume from their fold checkpoints. With several corpora, each fold tests some
+speakers of every corpus (:func:`sercli.datasets.corpus_folds`), and the figures
+are given per corpus too.
 
     python benchmarks/training_options.py ../shared/ravdess --folds 2 --runs runs \\
         --option speaker-multi --option speaker-clean --option global-clean
+    python benchmarks/training_options.py ../shared/ravdess ../shared/nemo --folds 2 --option speaker-multi-ema
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from sercli.datasets import find_clips, speaker_folds
+from sercli.datasets import corpus_folds, find_clips
 from sercli.evaluation import cached_features
 from sercli.features import FeatureConfig
 from sercli.training import TrainConfig, cross_validate, degraded_variants
@@ -23,18 +26,20 @@ from sercli.vad import VadConfig
 
 OPTIONS = {
     "speaker-multi": TrainConfig(),
+    "speaker-multi-noprior": TrainConfig(prior_frames=0),
     "speaker-clean": TrainConfig(variants=0),
     "global-multi": TrainConfig(normalization="none"),
     "global-clean": TrainConfig(normalization="none", variants=0),
     "speaker-multi-ema": TrainConfig(ema_momentum=0.99),
 }
-"""Named training configurations: normalisation over speakers or none (global), with or without degraded
-copies; ``speaker-multi-ema`` evaluates and keeps a moving average of the weights."""
+"""Named training configurations: normalisation over groups of clips or none (global), with or without degraded
+copies; ``-noprior`` without the training statistics' pseudo-frames in each group; ``speaker-multi-ema``
+evaluates and keeps a moving average of the weights."""
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("ravdess", type=Path)
+    parser.add_argument("corpora", type=Path, nargs="+", help="RAVDESS first, then any other corpus folders")
     parser.add_argument("--folds", type=int, default=2)
     parser.add_argument("--runs", type=Path, default=Path("runs"))
     parser.add_argument("--option", action="append", choices=sorted(OPTIONS), required=True)
@@ -42,10 +47,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     args = parser.parse_args()
     features, vad = FeatureConfig(), VadConfig()
-    clips = find_clips(args.ravdess, "ravdess")
+    clips = [clip for corpus in args.corpora for clip in find_clips(corpus)]
     cache = args.runs / "cache"
     clean = cached_features(cache, {"variant": 0}, clips, features, vad)
-    folds = speaker_folds([c.speaker for c in clips], args.folds)
+    folds = corpus_folds(clips, args.folds)
+    corpora = "".join(f"-{layout}" for layout in dict.fromkeys(c.corpus for c in clips) if layout != "ravdess")
     data = clean.windows(features.window_frames, features.window_hop_frames)
     results = {}
     for name in args.option:
@@ -54,15 +60,17 @@ def main() -> None:
         copies = degraded_variants(clips, features, vad, config, cache, folds, log=print)
         training = [f.windows(features.window_frames, config.window_hop_frames) for f in [clean, *copies]]
         epochs = "" if args.epochs == TrainConfig.epochs else f"-{args.epochs}epochs"
-        checkpoint = args.runs / f"{name}-seed{args.seed}{epochs}-{args.folds}fold.cv.json"
+        checkpoint = args.runs / f"{name}-seed{args.seed}{epochs}{corpora}-{args.folds}fold.cv.json"
         results[name] = cross_validate(
             training, data, folds, config, checkpoint, log=lambda m, name=name: print(name, m, flush=True)
         )
         print(f"{name}: {time.monotonic() - started:.0f} s", flush=True)
-    print(f"\n{args.folds}-fold leave-actors-out, clean clips, clip-level UA (seed {args.seed})")
+    print(f"\n{args.folds}-fold leave-speakers-out, clean clips, clip-level UA (seed {args.seed})")
     for name, result in results.items():
         folds_ua = ", ".join(f"{f['metrics']['unweighted_accuracy']:.3f}" for f in result["folds"])
         print(f"{name:15s} pooled {result['pooled']['unweighted_accuracy']:.3f}  folds {folds_ua}")
+        for corpus, metrics in result["pooled"].get("by_corpus", {}).items():
+            print(f"{'':15s} {corpus}: {metrics['unweighted_accuracy']:.3f}")
 
 
 if __name__ == "__main__":

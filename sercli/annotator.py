@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from sercli.files import find_audio_files, path_text
+from sercli.groups import speaker_source
 from sercli.model import bundled_model_path, load_classifier
 from sercli.pipeline import FileOutcome, InMemoryRecording, annotate_files, model_normalization
 from sercli.vad import VadConfig
@@ -35,15 +36,24 @@ class Annotator:
     vad : VadConfig, optional
         How speech segments are found (default: ``VadConfig()``).
     normalization : str, optional
-        ``recording``, ``folder``, ``segment`` or ``none`` (default: from the model's
-        card; see :func:`sercli.pipeline.model_normalization`).
+        ``auto``, ``speaker``, ``recording``, ``folder``, ``segment`` or ``none``
+        (default: ``auto``, or ``none`` for a model trained without normalisation; see
+        :mod:`sercli.groups`).
+    speakers : str or Path, optional
+        A CSV or Parquet table of ``path`` and ``speaker``
+        (:func:`sercli.groups.speakers_from_table`): ``auto`` and ``speaker``
+        standardise each speaker's recordings together.
+    speaker_pattern : str, optional
+        Instead of a table, a regular expression whose group ``speaker`` is found in
+        each file name (:func:`sercli.groups.speaker_from_pattern`).
     threads : int, optional
         Inference threads (default: one per core).
 
     Raises
     ------
     sercli.model.ModelError
-        If the model cannot be used; ValueError if the normalisation does not fit it.
+        If the model cannot be used; ValueError if the normalisation does not fit it, or the
+    speakers cannot be read.
     """
 
     def __init__(
@@ -52,11 +62,16 @@ class Annotator:
         *,
         vad: VadConfig | None = None,
         normalization: str | None = None,
+        speakers: str | Path | None = None,
+        speaker_pattern: str | None = None,
         threads: int | None = None,
     ):
+        self.speaker_of = speaker_source(speakers, speaker_pattern)
         self.classifier = load_classifier(model or bundled_model_path(), threads)
         self.vad = vad or VadConfig()
         self.normalization = model_normalization(self.classifier.card, normalization)
+        if self.normalization == "speaker" and self.speaker_of is None:
+            raise ValueError("--normalize speaker needs the speakers: give --speakers TABLE or --speaker-pattern REGEX")
 
     def iter_outcomes(
         self, inputs: str | Path | Iterable[str | Path], include: Iterable[str] = (), exclude: Iterable[str] = ()
@@ -68,7 +83,7 @@ class Annotator:
         """
         inputs = [inputs] if isinstance(inputs, str | Path) else list(inputs)
         paths = find_audio_files(inputs, include, exclude)
-        yield from annotate_files(paths, self.classifier, self.vad, normalization=self.normalization)
+        yield from annotate_files(paths, self.classifier, self.vad, 1, self.normalization, self.speaker_of)
 
     def annotate(
         self, inputs: str | Path | Iterable[str | Path], include: Iterable[str] = (), exclude: Iterable[str] = ()

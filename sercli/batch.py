@@ -21,9 +21,10 @@ from typing import Protocol, TextIO
 import pandas as pd
 
 from sercli import EMOTIONS
-from sercli.files import path_text
+from sercli.files import path_text, recording_key
+from sercli.groups import SpeakerOf
 from sercli.model import Classifier
-from sercli.pipeline import FileOutcome, SegmentEmotion, annotate_files
+from sercli.pipeline import FileOutcome, annotate_files
 from sercli.vad import VadConfig
 from sercli.writers import (
     atomic_output,
@@ -43,9 +44,11 @@ class ResultSink(Protocol):
     done: set[str]
     """Recordings already annotated, as :func:`recording_key` gives them."""
 
-    def add(self, rows: list[SegmentEmotion]) -> None: ...
+    def add(self, outcome: FileOutcome) -> None:
+        """Take a recording's rows (an outcome without error)."""
 
     def save(self) -> None: ...
+
 
 
 class OutputError(Exception):
@@ -54,12 +57,6 @@ class OutputError(Exception):
 
 RESUME_KEYS = {"model": "model", "vad": "VAD settings", "features": "features", "normalization": "normalization"}
 """Metadata that must match for ``--resume`` to add rows to a results file, with their names in messages."""
-
-
-def recording_key(path: str | Path) -> str:
-    """How recordings are matched between runs: the absolute, symlink-resolved path as
-    :func:`sercli.files.path_text` writes it (so a table's escaped path matches its file)."""
-    return path_text(Path(path).resolve())
 
 
 class ResultsFile:
@@ -101,7 +98,7 @@ class ResultsFile:
         checkpoint_s: float = 10.0,
         force: bool = False,
     ):
-        self.path, self.metadata, self.checkpoint_s, self.labels = path, metadata, checkpoint_s, list(labels)
+        self.path, self.checkpoint_s, self.labels = path, checkpoint_s, list(labels)
         if path.is_dir():
             raise OutputError(f"{path} is a directory")
         try:
@@ -114,7 +111,7 @@ class ResultsFile:
             raise OutputError(f"another sercli run is writing {path}") from None
         for stale in path.parent.glob(f".{path.name}.*.partial"):
             stale.unlink(missing_ok=True)
-        self.table = results_frame([], self.labels)
+        self.table, stored = results_frame([], self.labels), {}
         if resume and path.exists():
             try:
                 self.table = read_results(path)
@@ -124,16 +121,21 @@ class ResultsFile:
                 raise OutputError(
                     f"cannot resume: {path} has the columns of other labels ({', '.join(table_labels(self.table))})"
                 )
+            stored = read_metadata(path)
             if not force:
-                _check_same_settings(read_metadata(path), metadata, path)
+                _check_same_settings(stored, metadata, path)
         self.done = {recording_key(p) for p in self.table["path"]}
-        self.pending: list[SegmentEmotion] = []  # rows added since the last rewrite
+        # which group each recording was standardised over, those of the resumed table's runs included
+        self.metadata = {**metadata, "groups": stored.get("groups", {})}
+        self.pending: list = []  # rows added since the last rewrite
         self.save_cost = 0.0
         self.save()
 
-    def add(self, rows: list[SegmentEmotion]) -> None:
-        self.pending.extend(rows)
-        self.done.add(recording_key(rows[0].path))
+    def add(self, outcome: FileOutcome) -> None:
+        self.pending.extend(outcome.rows)
+        self.done.add(recording_key(outcome.path))
+        if outcome.group is not None:
+            self.metadata["groups"][path_text(outcome.path)] = outcome.group
         if time.monotonic() - self.last_save >= max(self.checkpoint_s, 10 * self.save_cost):
             self.save()
 
@@ -169,8 +171,8 @@ class CsvStream:
         write_csv(results_frame([], self.labels), handle)
         handle.flush()
 
-    def add(self, rows: list[SegmentEmotion]) -> None:
-        write_csv(results_frame(rows, self.labels), self.handle, header=False)
+    def add(self, outcome: FileOutcome) -> None:
+        write_csv(results_frame(outcome.rows, self.labels), self.handle, header=False)
         self.handle.flush()
 
     def save(self) -> None:
@@ -205,14 +207,15 @@ def annotate_into(
     on_outcome: Callable[[FileOutcome], None] = lambda _: None,
     workers: int = 1,
     normalization: str | None = None,
+    speaker_of: SpeakerOf | None = None,
 ) -> None:
     """Annotate the recordings the sink does not hold yet, adding each one's rows as it finishes.
 
     ``on_outcome`` hears of every recording, failed ones included, after its rows are added.
-    ``workers`` and ``normalization`` are :func:`sercli.pipeline.annotate_files`'s.
+    ``workers``, ``normalization`` and ``speaker_of`` are :func:`sercli.pipeline.annotate_files`'s;
+    the recordings the sink holds still count in their normalisation group's statistics.
     """
-    todo = pending(paths, sink)
-    for outcome in annotate_files(todo, classifier, vad, workers, normalization):
+    for outcome in annotate_files(list(paths), classifier, vad, workers, normalization, speaker_of, sink.done):
         if outcome.error is None:
-            sink.add(outcome.rows)
+            sink.add(outcome)
         on_outcome(outcome)

@@ -117,10 +117,16 @@ def annotate(
     normalize: Annotated[
         str | None,
         typer.Option(
-            help="Standardise MFCCs over each: recording (default), folder (one speaker's clips), "
-            "segment, or none (models trained without it).",
+            help="Standardise MFCCs over each: auto (default: a speaker if known, a long recording, "
+            "else a folder's short recordings), speaker, recording, folder, segment, or none.",
             show_default=False,
         ),
+    ] = None,
+    speakers: Annotated[
+        Path | None, typer.Option(help="CSV or Parquet table of path and speaker: one group per speaker.")
+    ] = None,
+    speaker_pattern: Annotated[
+        str | None, typer.Option(help="Regex with a group 'speaker' found in file names, e.g. '^(?P<speaker>[^_]+)_'.")
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
 ) -> None:
@@ -151,9 +157,9 @@ def annotate(
     if exists and not (overwrite or resume):
         raise fail(f"{output} exists: pass --overwrite to replace it or --resume to complete it")
     try:
-        annotator = Annotator(model, vad=vad, normalization=normalize)
-        if annotator.normalization == "folder" and (workers > 1 or dask is not None):
-            raise ValueError("--normalize folder needs one process: drop --workers/--dask")
+        annotator = Annotator(
+            model, vad=vad, normalization=normalize, speakers=speakers, speaker_pattern=speaker_pattern
+        )
     except (ModelError, ValueError) as error:
         raise fail(str(error)) from None
     classifier, normalization = annotator.classifier, annotator.normalization
@@ -180,6 +186,7 @@ def annotate(
 
     if dask is not None:
         from sercli.distributed import annotate_on_dask
+        from sercli.groups import plan_groups
 
         if overwrite and not resume:
             for part in out_path.glob("part-*.parquet"):
@@ -191,7 +198,7 @@ def annotate(
             with _dask_client(dask, workers) as client:
                 annotate_on_dask(
                     client,
-                    paths,
+                    plan_groups(paths, normalization, annotator.speaker_of),
                     classifier.path.resolve(),
                     vad,
                     out_path,
@@ -222,7 +229,7 @@ def annotate(
         errors_file = None if out_path is None else errors_path(out_path)
 
         def run() -> None:
-            annotate_into(paths, classifier, vad, sink, on_outcome, workers, normalization)
+            annotate_into(paths, classifier, vad, sink, on_outcome, workers, normalization, annotator.speaker_of)
 
         save = sink.save
 
@@ -393,9 +400,13 @@ LayoutOption = Annotated[
 
 @app.command()
 def train(
-    source: Annotated[
-        Path,
-        typer.Argument(help="A labels table (.csv/.parquet) or a corpus folder (e.g. RAVDESS).", show_default=False),
+    sources: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Labels tables (.csv/.parquet) or corpus folders (e.g. RAVDESS nEMO): corpora are balanced, "
+            "and every fold tests each.",
+            show_default=False,
+        ),
     ],
     output: Annotated[Path, typer.Option("--output", "-o", help="Where the .keras model goes (card beside it).")],
     layout: LayoutOption = None,
@@ -460,9 +471,11 @@ def train(
             spec_augment=spec_augment,
             freeze_convolutions=freeze_conv,
         )
-        clips, data = load_clips(source, layout)
+        loaded = [load_clips(source, layout) for source in sources]
     except (ModelError, ValueError) as error:
         raise fail(str(error)) from None
+    clips = [clip for found, _ in loaded for clip in found]
+    data = " + ".join(description for _, description in loaded)
     features = FeatureConfig() if starting_point is None else starting_point.card.feature_config
     try:
         card = train_model(
@@ -479,7 +492,7 @@ def train(
             data,
         )
     except (ModelError, ValueError, AudioError) as error:
-        raise fail(f"{source}: {error}") from None
+        raise fail(f"{' + '.join(map(str, sources))}: {error}") from None
     console.print(f"wrote {output} and its card in {time.monotonic() - started:.0f} s")
     _print_metrics(card.metrics)
 
@@ -497,10 +510,17 @@ def evaluate(
     normalize: Annotated[
         str,
         typer.Option(
-            help="For a model trained on normalised MFCCs: standardise over each speaker's clips (speaker) "
-            "or each clip (recording)."
+            help="For a model trained on normalised MFCCs: standardise as annotate does (auto: each speaker's "
+            "clips when known, else as annotate groups the recordings), or over each speaker, folder or clip "
+            "(recording)."
         ),
-    ] = "speaker",
+    ] = "auto",
+    speakers: Annotated[
+        Path | None, typer.Option(help="CSV or Parquet table of path and speaker, for auto and speaker groups.")
+    ] = None,
+    speaker_pattern: Annotated[
+        str | None, typer.Option(help="Regex with a group 'speaker' found in file names, for auto and speaker groups.")
+    ] = None,
 ) -> None:
     """Clip-level UA with a bootstrap 95 % interval, accuracy, per-class recall and confusion matrix.
 
@@ -509,11 +529,13 @@ def evaluate(
     from sercli.audio import AudioError
     from sercli.datasets import DatasetError, check_known_labels, load_clips
     from sercli.evaluation import evaluate_clips, extract_features
+    from sercli.groups import speaker_source
     from sercli.model import ModelError, bundled_model_path, load_classifier
 
     if by not in (None, "speaker"):
         raise fail(f"--by takes 'speaker', not '{by}'")
     try:
+        speaker_of = speaker_source(speakers, speaker_pattern)
         classifier = load_classifier(model or bundled_model_path())
         clips, _ = load_clips(source, layout)
         try:
@@ -529,7 +551,17 @@ def evaluate(
     except (ModelError, ValueError, AudioError) as error:
         raise fail(str(error)) from None
     normalization = "none" if classifier.card.normalization == "none" else normalize
-    metrics = evaluate_clips(classifier.predict_proba, windows, normalization, by_speaker=by == "speaker")
+    try:
+        metrics = evaluate_clips(
+            classifier.predict_proba,
+            windows,
+            normalization,
+            by_speaker=by == "speaker",
+            prior=classifier.card.prior,
+            speaker_of=speaker_of,
+        )
+    except ValueError as error:
+        raise fail(str(error)) from None
     if as_json:
         print(json.dumps(metrics, indent=2))
     else:

@@ -56,6 +56,9 @@ class LabelledClip:
         The labelled part of the recording in seconds; ``None`` for the whole recording.
     split : str or None
         One of :data:`SPLITS` when fixed by the user.
+    corpus : str or None
+        The corpus layout it was found in (:data:`LAYOUTS`), None for a labels table: training
+        balances corpora and cross-validation tests every corpus in every fold.
     """
 
     path: Path
@@ -64,6 +67,7 @@ class LabelledClip:
     start_s: float | None = None
     end_s: float | None = None
     split: str | None = None
+    corpus: str | None = None
 
     @property
     def group(self) -> str:
@@ -151,6 +155,13 @@ LAYOUTS: dict[str, NameLayout] = {
         re.compile(r"^(?P<speaker>\d{2})[a-b]\d{2}(?P<label>[A-Z])[a-z]$"),
         {"w": "angry", "l": "bored", "e": "disgust", "a": "fearful", "f": "happy", "t": "sad", "n": "neutral"},
     ),
+    # speaker, emotion, sentence
+    "nemo": NameLayout(
+        "EB0_anger_1.wav",
+        re.compile(r"^(?P<speaker>[A-Z]{2}\d)_(?P<label>[a-z]+)_\d+$"),
+        {"anger": "angry", "fear": "fearful", "happiness": "happy", "neutral": "neutral"}
+        | {"sadness": "sad", "surprised": "surprised"},
+    ),
 }
 """Corpus layouts whose file names carry label and speaker, labels mapped to the RAVDESS names where
 one fits. ``folders`` (one folder per label, no speaker) is the further layout :func:`find_clips` reads."""
@@ -184,7 +195,7 @@ def find_clips(root: str | Path, layout: str | None = None) -> list[LabelledClip
 def _layout_clips(root: Path, paths: list[Path], layout: str) -> list[LabelledClip]:
     """The clips among ``paths`` (audio files under ``root``) that ``layout`` names."""
     if layout == "folders":
-        clips = [LabelledClip(p, p.parent.name) for p in paths if p.parent != root]
+        clips = [LabelledClip(p, p.parent.name, corpus=layout) for p in paths if p.parent != root]
     elif layout in LAYOUTS:
         clips = []
         for path in paths:
@@ -192,7 +203,7 @@ def _layout_clips(root: Path, paths: list[Path], layout: str) -> list[LabelledCl
                 label, speaker = LAYOUTS[layout].parse(path)
             except ValueError:
                 continue
-            clips.append(LabelledClip(path, label, speaker))
+            clips.append(LabelledClip(path, label, speaker, corpus=layout))
     else:
         raise DatasetError(f"unknown layout '{layout}': use one of {', '.join(LAYOUT_NAMES)}")
     if not clips:
@@ -311,6 +322,7 @@ CORPORA = {
     "tess": "TESS (Dupuis & Pichora-Fuller 2010, CC BY-NC-ND 4.0)",
     "savee": "SAVEE (Haq & Jackson 2009)",
     "emodb": "Berlin EmoDB (Burkhardt et al. 2005)",
+    "nemo": "nEMO (Christop 2024, CC BY-NC-SA 4.0)",
 }
 """Each file-name layout's corpus, with its reference and licence, as model cards credit it."""
 
@@ -386,6 +398,24 @@ def speaker_folds(speakers: list[str], n_folds: int) -> list[list[str]]:
         raise DatasetError(f"cannot make {n_folds} folds from {len(ordered)} speakers")
     interleaved = ordered[0::2] + ordered[1::2]
     return [sorted(interleaved[k::n_folds], key=natural_key) for k in range(n_folds)]
+
+
+def corpus_speakers(clips: list[LabelledClip]) -> dict[str | None, list[str]]:
+    """Each corpus's speakers (:attr:`LabelledClip.group`) in natural order, corpora in order of first clip."""
+    found: dict[str | None, set[str]] = {}
+    for clip in clips:
+        found.setdefault(clip.corpus, set()).add(clip.group)
+    return {corpus: sorted(speakers, key=natural_key) for corpus, speakers in found.items()}
+
+
+def corpus_folds(clips: list[LabelledClip], n_folds: int) -> list[list[str]]:
+    """Leave-speakers-out folds that test every corpus: fold ``k`` holds fold ``k`` of each corpus's
+    :func:`speaker_folds` (for one corpus, exactly its folds)."""
+    folds: list[list[str]] = [[] for _ in range(n_folds)]
+    for speakers in corpus_speakers(clips).values():
+        for k, fold in enumerate(speaker_folds(speakers, n_folds)):
+            folds[k] += fold
+    return [sorted(fold, key=natural_key) for fold in folds]
 
 
 def validation_speakers(speakers: list[str]) -> list[str]:

@@ -16,27 +16,40 @@ from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 
+from sercli.files import path_text
+from sercli.groups import RecordingGroup
 from sercli.model import Classifier, load_classifier
-from sercli.pipeline import FileOutcome, annotate_files
+from sercli.pipeline import FileOutcome, annotate_groups
 from sercli.vad import VadConfig
 from sercli.writers import results_frame, sort_results, write_results
 
 FILES_PER_PART = 16
 
 
-def part_names(paths: list[Path], files_per_part: int = FILES_PER_PART) -> list[tuple[list[Path], str]]:
-    """Split recordings into parts, each named by its position and a digest of its paths."""
+def part_names(
+    groups: list[RecordingGroup], files_per_part: int = FILES_PER_PART
+) -> list[tuple[list[RecordingGroup], str]]:
+    """Pack whole normalisation groups into parts of about ``files_per_part`` recordings (a larger
+    group is a part of its own), each named by its position and a digest of its recordings' paths."""
+    chunks: list[list[RecordingGroup]] = []
+    size = files_per_part
+    for group in groups:
+        if size + len(group.members) > files_per_part:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(group)
+        size += len(group.members)
     parts = []
-    for index, first in enumerate(range(0, len(paths), files_per_part)):
-        chunk = paths[first : first + files_per_part]
-        digest = hashlib.sha1("\n".join(map(str, chunk)).encode()).hexdigest()[:12]
+    for index, chunk in enumerate(chunks):
+        paths = [str(member.source) for group in chunk for member in group.members]
+        digest = hashlib.sha1("\n".join(paths).encode()).hexdigest()[:12]
         parts.append((chunk, f"part-{index:05d}-{digest}.parquet"))
     return parts
 
 
 def annotate_on_dask(
     client,
-    paths: list[Path],
+    groups: list[RecordingGroup],
     model_path: Path,
     vad: VadConfig,
     output: Path,
@@ -44,16 +57,17 @@ def annotate_on_dask(
     resume: bool = False,
     on_part: Callable[[list[FileOutcome]], None] = lambda _: None,
     files_per_part: int = FILES_PER_PART,
-    normalization: str | None = None,
+    normalization: str = "auto",
 ) -> None:
-    """Annotate recordings on a Dask cluster into the Parquet dataset folder ``output``.
+    """Annotate normalisation groups on a Dask cluster into the Parquet dataset folder ``output``.
 
     Parameters
     ----------
     client : distributed.Client
         Connected to the cluster.
-    paths : list of Path
-        Recordings, as every worker sees them.
+    groups : list of RecordingGroup
+        Recordings (:func:`sercli.groups.plan_groups`), as every worker sees them: a
+        group is never split between parts.
     model_path : Path
         The model, as every worker sees it.
     output : Path
@@ -64,16 +78,13 @@ def annotate_on_dask(
         Skip parts whose file already exists.
     on_part : callable
         Called in the client with each finished part's outcomes (rows dropped).
-    normalization : str, optional
-        ``recording``, ``segment`` or ``none`` (see :func:`sercli.pipeline.model_normalization`);
-        a folder may straddle parts, so ``folder`` is refused.
+    normalization : str
+        What the groups were planned for (see :func:`sercli.pipeline.model_normalization`).
     """
-    if normalization == "folder":
-        raise ValueError("--normalize folder cannot run on Dask (a folder may span several workers)")
     from distributed import as_completed
 
     output.mkdir(parents=True, exist_ok=True)
-    todo = [(chunk, output / name) for chunk, name in part_names(paths, files_per_part)]
+    todo = [(chunk, output / name) for chunk, name in part_names(groups, files_per_part)]
     if resume:
         todo = [(chunk, part) for chunk, part in todo if not part.exists()]
     futures = [
@@ -85,9 +96,10 @@ def annotate_on_dask(
 
 
 def annotate_part(
-    paths: list[Path], part: Path, model_path: Path, vad: VadConfig, metadata: dict, normalization: str | None = None
+    groups: list[RecordingGroup], part: Path, model_path: Path, vad: VadConfig, metadata: dict, normalization: str
 ) -> list[FileOutcome]:
-    """Annotate one part's recordings on a worker and write them as one Parquet file.
+    """Annotate one part's groups on a worker and write them as one Parquet file, with the group of
+    each recording in its metadata.
 
     Returns
     -------
@@ -95,10 +107,11 @@ def annotate_part(
         Each recording's outcome, without its rows (they are in the file).
     """
     classifier = _classifier(model_path)
-    outcomes = list(annotate_files(paths, classifier, vad, normalization=normalization))
+    outcomes = list(annotate_groups(groups, classifier, vad, normalization))
     rows = [row for outcome in outcomes for row in outcome.rows]
-    write_results(sort_results(results_frame(rows, classifier.card.labels)), part, metadata)
-    return [FileOutcome(o.path, [], o.error, o.audio_s) for o in outcomes]
+    groups_of = {path_text(o.path): o.group for o in outcomes if o.error is None}
+    write_results(sort_results(results_frame(rows, classifier.card.labels)), part, {**metadata, "groups": groups_of})
+    return [FileOutcome(o.path, [], o.error, o.audio_s, group=o.group) for o in outcomes]
 
 
 @lru_cache(maxsize=2)

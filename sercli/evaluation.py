@@ -19,6 +19,8 @@ import numpy as np
 from sercli.audio import read_audio
 from sercli.datasets import LabelledClip, check_known_labels, clip_groups, label_order, natural_key
 from sercli.features import FeatureConfig, mfcc, mfcc_windows
+from sercli.files import recording_key
+from sercli.groups import SpeakerOf, plan_groups
 from sercli.normalization import FrameStats
 from sercli.pipeline import segment_frames
 from sercli.vad import VadConfig
@@ -115,22 +117,53 @@ class WindowSet:
             self.labels,
         )
 
-    def normalized(self, normalization: str) -> np.ndarray:
-        """The windows standardised over each speaker's clips (``speaker``), each clip (``recording``)
-        or not (``none``)."""
+    def normalized(
+        self, normalization: str, prior: FrameStats | None = None, speaker_of: SpeakerOf | None = None
+    ) -> np.ndarray:
+        """The windows standardised over the groups of clips :func:`normalization_groups` gives, with
+        ``prior`` (a model's :attr:`sercli.model.ModelCard.prior`) added to every group's statistics;
+        ``none``: as they are."""
         if normalization == "none":
             return self.windows
-        if normalization == "speaker":
-            groups = clip_groups(self.clips)
-        elif normalization == "recording":
-            groups = np.arange(len(self.clips))
-        else:
-            raise ValueError(f"normalization must be speaker, recording or none, not {normalization!r}")
-        return standardize_groups(self.windows, self.clip_index, self.clip_stats, groups)
+        groups = normalization_groups(self.clips, normalization, speaker_of)
+        return standardize_groups(self.windows, self.clip_index, self.clip_stats, groups, prior)
+
+
+def normalization_groups(
+    clips: list[LabelledClip], normalization: str, speaker_of: SpeakerOf | None = None
+) -> np.ndarray:
+    """Which clips are standardised together, shape ``(n_clips,)``.
+
+    ``speaker``: each clip's :attr:`LabelledClip.group` (its speaker, else its
+    recording), as training groups validation clips; ``recording``: each clip alone;
+    ``auto`` and ``folder``: as ``annotate`` groups the clips' recordings
+    (:func:`sercli.groups.plan_groups`; the parts of one recording fall in its group),
+    the speakers being ``speaker_of``'s or else the clips' own.
+    """
+    if normalization == "speaker":
+        return clip_groups(clips)
+    if normalization == "recording":
+        return np.arange(len(clips))
+    if normalization not in ("auto", "folder"):
+        raise ValueError(f"normalization must be auto, speaker, folder, recording or none, not {normalization!r}")
+    if speaker_of is None:
+        known = {recording_key(clip.path): clip.speaker for clip in clips if clip.speaker is not None}
+        speaker_of = lambda path: known.get(recording_key(path))  # noqa: E731
+    paths = list(dict.fromkeys(clip.path for clip in clips))
+    group_of = {
+        recording_key(member.source): group.name
+        for group in plan_groups(paths, normalization, speaker_of)
+        for member in group.members
+    }
+    return np.array([group_of[recording_key(clip.path)] for clip in clips], dtype=object)
 
 
 def standardize_groups(
-    windows: np.ndarray, clip_index: np.ndarray, clip_stats: np.ndarray, groups: np.ndarray
+    windows: np.ndarray,
+    clip_index: np.ndarray,
+    clip_stats: np.ndarray,
+    groups: np.ndarray,
+    prior: FrameStats | None = None,
 ) -> np.ndarray:
     """Windows standardised with the pooled frame statistics of their clip's group.
 
@@ -143,21 +176,26 @@ def standardize_groups(
         Each clip's frame statistics (:meth:`FrameStats.to_array`).
     groups : np.ndarray, shape (n_clips,)
         Group label of each clip: the clips of one group are standardised together.
+    prior : FrameStats, optional
+        Pseudo-frames added to every group's statistics.
     """
-    mean, std = group_moments(clip_stats, groups)
+    mean, std = group_moments(clip_stats, groups, prior)
     return ((windows - mean[clip_index][:, None]) / std[clip_index][:, None]).astype(np.float32)
 
 
-def group_moments(clip_stats: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def group_moments(
+    clip_stats: np.ndarray, groups: np.ndarray, prior: FrameStats | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Each clip's group mean and standard deviation per coefficient, each shape ``(n_clips, coeffs)``.
 
     ``clip_stats`` (``(n_clips, 3, coeffs)``, :meth:`FrameStats.to_array`) are pooled over
-    the clips sharing a label in ``groups`` (``(n_clips,)``).
+    the clips sharing a label in ``groups`` (``(n_clips,)``), plus ``prior``'s pseudo-frames.
     """
     mean, std = np.zeros(clip_stats[:, 1].shape), np.ones(clip_stats[:, 1].shape)
+    prior = prior if prior is not None else FrameStats.empty(clip_stats.shape[2])
     for group in np.unique(groups):
         members = groups == group
-        stats = FrameStats.from_array(clip_stats[members])
+        stats = FrameStats.from_array(clip_stats[members]) + prior
         mean[members], std[members] = stats.mean, stats.std
     return mean, std
 
@@ -303,11 +341,14 @@ def clip_probabilities(window_probabilities: np.ndarray, data: WindowSet) -> np.
 
 
 def evaluate_windows(
-    predict: Callable[[np.ndarray], np.ndarray], data: WindowSet, normalization: str = "speaker"
+    predict: Callable[[np.ndarray], np.ndarray],
+    data: WindowSet,
+    normalization: str = "speaker",
+    prior: FrameStats | None = None,
 ) -> dict:
     """Clip-level metrics of a window classifier on a labelled :class:`WindowSet`,
     its windows normalised as :meth:`WindowSet.normalized` says."""
-    predicted = clip_probabilities(predict(data.normalized(normalization)), data).argmax(axis=1)
+    predicted = clip_probabilities(predict(data.normalized(normalization, prior)), data).argmax(axis=1)
     return classification_metrics(data.clip_labels, predicted, data.labels)
 
 
@@ -378,11 +419,13 @@ def evaluate_clips(
     normalization: str = "speaker",
     by_speaker: bool = False,
     seed: int = 0,
+    prior: FrameStats | None = None,
+    speaker_of: SpeakerOf | None = None,
 ) -> dict:
     """:func:`classification_metrics` of a window classifier on labelled clips, with a 95 % bootstrap
     interval on UA (``ua_ci95``; speakers resampled when the clips have speakers) and, with
     ``by_speaker``, the metrics of each speaker's clips (``by_speaker``: speaker -> metrics)."""
-    probabilities = clip_probabilities(predict(data.normalized(normalization)), data)
+    probabilities = clip_probabilities(predict(data.normalized(normalization, prior, speaker_of)), data)
     true, predicted = data.clip_labels, probabilities.argmax(axis=1)
     metrics = metrics_with_interval(true, predicted, data.clips, data.labels, seed)
     if by_speaker:

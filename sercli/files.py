@@ -43,6 +43,17 @@ def path_text(path: str | Path) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace").translate(_CONTROL_ESCAPES)
 
 
+def recording_key(path: str | Path) -> str:
+    """How recordings are matched between runs and inputs: the absolute path with its folders'
+    symbolic links resolved, as :func:`path_text` writes it (so a table's escaped path matches its file).
+
+    The file name itself is kept, not followed: a link beside its target is a recording of its own
+    (with rows of its own), and a link that loops still has a key.
+    """
+    path = Path(path)
+    return path_text(Path(os.path.realpath(path.parent)) / path.name)
+
+
 def find_audio_files(
     inputs: Iterable[str | Path],
     include: Iterable[str] = (),
@@ -61,7 +72,8 @@ def find_audio_files(
     Returns
     -------
     list of Path
-        Sorted, without duplicates. Broken links are kept so that they are reported.
+        Sorted, without duplicates (a file named twice, e.g. by a relative and an absolute path,
+        counts once: :func:`recording_key`). Broken links are kept so that they are reported.
 
     Raises
     ------
@@ -94,4 +106,5 @@ def find_audio_files(
                 if any(fnmatch(relative, g) or fnmatch(name, g) for g in exclude):
                     continue
                 found.add(path)
-    return sorted(found)
+    unique = {recording_key(path): path for path in sorted(found, reverse=True)}
+    return sorted(unique.values())

@@ -25,6 +25,7 @@ from typing import Protocol
 import numpy as np
 
 from sercli.features import FeatureConfig
+from sercli.normalization import FrameStats
 
 BUNDLED_MODEL_NAME = "sercli-cnn-bilstm"
 PREDICT_BATCH = 256
@@ -55,6 +56,10 @@ class ModelCard:
         ``speaker`` (over groups of a speaker's clips; ``annotate`` standardises over
         a recording, folder or segment) or ``none`` (raw MFCCs, as models made before
         normalisation existed).
+    normalization_prior : dict
+        ``frames``, ``mean`` and ``std`` (per coefficient) of the training set's MFCC
+        frames: added as ``frames`` pseudo-frames to the statistics of every group
+        standardised for this model (:attr:`prior`). Empty for models trained without it.
     sha256 : str
         Hex digest of the ``.keras`` weights file.
     training : dict
@@ -71,6 +76,7 @@ class ModelCard:
     labels: list[str]
     features: dict
     normalization: str = "none"
+    normalization_prior: dict = field(default_factory=dict)
     sha256: str = ""
     training: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
@@ -80,6 +86,14 @@ class ModelCard:
     def feature_config(self) -> FeatureConfig:
         """The feature configuration as a :class:`FeatureConfig`."""
         return FeatureConfig(**self.features)
+
+    @property
+    def prior(self) -> FrameStats:
+        """The pseudo-frames added to every normalisation group's statistics (no frame without a prior)."""
+        prior = self.normalization_prior
+        if not prior:
+            return FrameStats.empty(self.feature_config.n_mfcc)
+        return FrameStats.of_moments(prior["mean"], prior["std"], prior["frames"])
 
     def write(self, path: str | Path) -> None:
         """Write the card as indented JSON."""

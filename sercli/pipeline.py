@@ -22,6 +22,7 @@ from threadpoolctl import threadpool_limits
 from sercli.audio import AudioError, iter_audio, iter_signal
 from sercli.features import FeatureConfig, mfcc, mfcc_windows
 from sercli.files import path_text
+from sercli.groups import RecordingGroup, SpeakerOf, plan_groups
 from sercli.model import PREDICT_BATCH, Classifier, ModelCard, load_classifier
 from sercli.normalization import NORMALIZATIONS, FrameStats, standardize
 from sercli.vad import SpeechSegment, VadConfig, stream_speech
@@ -139,6 +140,9 @@ class FileOutcome:
     note : str or None
         Something the user should know about rows that were written (e.g. the
         file changed while it was read).
+    group : str or None
+        The normalisation group its speech was standardised over
+        (:attr:`sercli.groups.RecordingGroup.name`).
     """
 
     path: Path
@@ -146,12 +150,13 @@ class FileOutcome:
     error: str | None = None
     audio_s: float = 0.0
     note: str | None = None
+    group: str | None = None
 
 
 def model_normalization(card: ModelCard, requested: str | None = None) -> str:
     """The normalisation to annotate with (one of :data:`NORMALIZATIONS`).
 
-    ``requested`` None gives ``recording`` for a model trained on normalised
+    ``requested`` None gives ``auto`` for a model trained on normalised
     MFCCs and ``none`` for one trained without.
 
     Raises
@@ -167,7 +172,7 @@ def model_normalization(card: ModelCard, requested: str | None = None) -> str:
         return "none"
     if requested == "none":
         raise ValueError(f"model {card.name} was trained on normalised MFCCs: --normalize none would mislead it")
-    return requested or "recording"
+    return requested or "auto"
 
 
 def annotate_files(
@@ -176,32 +181,44 @@ def annotate_files(
     vad: VadConfig,
     workers: int = 1,
     normalization: str | None = None,
+    speaker_of: SpeakerOf | None = None,
+    done: set[str] = frozenset(),
 ) -> Iterator[FileOutcome]:
-    """Annotate recordings; outcomes come in the order of ``paths``, and a failing file never stops the batch.
+    """Annotate recordings, group by group (:func:`sercli.groups.plan_groups`); a failing file never
+    stops the batch.
+
+    ``normalization`` (see :func:`model_normalization`; default from the model's
+    card) says over which speech each MFCC coefficient is standardised;
+    ``speaker_of`` names speakers for ``auto`` and ``speaker``. Recordings in
+    ``done`` (:func:`sercli.files.recording_key`) get no outcome, but their speech
+    still counts in their group's statistics. Outcomes come group by group, in the
+    order of each group's first recording in ``paths``: in ``paths`` order for
+    ``recording``, ``segment`` and ``none``. See :func:`annotate_groups` for ``workers``.
+    """
+    normalization = model_normalization(classifier.card, normalization)
+    groups = plan_groups(paths, normalization, speaker_of, done)
+    yield from annotate_groups(groups, classifier, vad, normalization, workers)
+
+
+def annotate_groups(
+    groups: list[RecordingGroup], classifier: Classifier, vad: VadConfig, normalization: str, workers: int = 1
+) -> Iterator[FileOutcome]:
+    """Annotate planned normalisation groups; outcomes come in the groups' order.
 
     In one process, a thread decodes the recordings a few blocks ahead, this thread
     finds their speech and cuts windows, and another thread has the classifier
     (with its own threads: one LiteRT interpreter per core) classify the windows
     already cut, in batches of about ``PREDICT_BATCH`` windows that span
     consecutive recordings. With ``workers`` > 1, that many processes (each
-    loading the model with one interpreter) annotate whole recordings side by side.
-
-    ``normalization`` (see :func:`model_normalization`; default from the model's
-    card) says over which speech each MFCC coefficient is standardised. In
-    ``folder`` mode outcomes come folder by folder (in ``paths`` order within a
-    folder) and ``workers`` must be 1.
+    loading the model with one interpreter) annotate whole groups side by side.
     """
-    normalization = model_normalization(classifier.card, normalization)
-    if normalization == "folder":
-        if workers > 1:
-            raise ValueError("--normalize folder needs every recording of a folder in one process: use --workers 1")
-        paths = sorted(paths, key=lambda p: _recording_path(p).parent)  # stable: each folder's recordings together
     if workers <= 1:
-        yield from _annotate_in_order(paths, classifier, vad, normalization)
+        yield from _annotate_in_order(groups, classifier, vad, normalization)
         return
     context = multiprocessing.get_context("spawn")
     with context.Pool(workers, initializer=_start_worker, initargs=(classifier.path, vad, normalization)) as pool:
-        yield from pool.imap(_annotate_in_worker, paths)
+        for outcomes in pool.imap(_annotate_in_worker, groups):
+            yield from outcomes
 
 
 @dataclass
@@ -231,6 +248,7 @@ class _Recording:
     error: str | None = None
     note: str | None = None
     read: bool = False
+    group: str | None = None
 
     def cut_windows(
         self, blocks: Iterable[np.ndarray], features: FeatureConfig, vad: VadConfig
@@ -261,7 +279,7 @@ class _Recording:
     def outcome(self, labels: list[str]) -> FileOutcome:
         """Its rows (one no-speech row when no segment was found), or its failure."""
         if self.error is not None:
-            return FileOutcome(self.path, [], self.error, self.audio_s)
+            return FileOutcome(self.path, [], self.error, self.audio_s, group=self.group)
         rows = []
         for number, (segment, pooled) in enumerate(zip(self.segments, self.probabilities), start=1):
             best = int(pooled.argmax())
@@ -279,7 +297,7 @@ class _Recording:
         if not rows:
             no_speech = np.full(len(labels), np.nan, dtype=np.float32)
             rows.append(SegmentEmotion(path_text(self.path), 0, 0.0, self.audio_s, None, math.nan, no_speech))
-        return FileOutcome(self.path, rows, audio_s=self.audio_s, note=self.note)
+        return FileOutcome(self.path, rows, audio_s=self.audio_s, note=self.note, group=self.group)
 
 
 class _DecodeAhead:
@@ -384,9 +402,9 @@ class _HeldWindows:
     recording normalised as a whole still annotates in flat memory.
     """
 
-    def __init__(self, n_coeffs: int, memory_bytes: int):
-        self.memory_bytes, self.held_bytes = memory_bytes, 0
-        self.stats = FrameStats.empty(n_coeffs)
+    def __init__(self, prior: FrameStats, memory_bytes: int):
+        self.prior, self.memory_bytes, self.held_bytes = prior, memory_bytes, 0
+        self.stats = FrameStats.empty(len(prior.total))
         self.parts: list[tuple[_Recording, int, np.ndarray | None]] = []
         self.spill = None
 
@@ -402,34 +420,35 @@ class _HeldWindows:
         self.parts.append((recording, index, None))
 
     def drain(self) -> Iterator[tuple[_Recording, int, np.ndarray]]:
-        """Every held part, standardised with the group's statistics; the group is then empty."""
+        """Every held part, standardised with the group's statistics and the prior; the group is then empty."""
         if self.spill is not None:
             self.spill.seek(0)
         for recording, index, windows in self.parts:
             if windows is None:
                 windows = np.load(self.spill)
             if recording.error is None:
-                yield recording, index, standardize(windows, self.stats)
+                yield recording, index, standardize(windows, self.stats + self.prior)
         if self.spill is not None:
             self.spill.close()
         self.stats, self.parts, self.held_bytes, self.spill = FrameStats.empty(len(self.stats.total)), [], 0, None
 
 
 def _annotate_in_order(
-    paths: Iterable[Path], classifier: Classifier, vad: VadConfig, normalization: str = "none"
+    groups: list[RecordingGroup], classifier: Classifier, vad: VadConfig, normalization: str
 ) -> Iterator[FileOutcome]:
-    """Annotate recordings in this process: one thread decodes, this one cuts windows, another classifies them.
+    """Annotate groups in this process: one thread decodes, this one cuts windows, another classifies them.
 
-    Windows wait in a :class:`_HeldWindows` until their normalisation group
-    (segment, recording or folder) has been read whole.
+    Windows wait in a :class:`_HeldWindows` until their normalisation group has
+    been read whole; a ``stats_only`` member adds its statistics only.
     """
-    features, labels = classifier.card.feature_config, classifier.card.labels
+    features, labels, prior = classifier.card.feature_config, classifier.card.labels, classifier.card.prior
+    members = [(member, group) for group in groups for member in group.members]
     recordings: deque[_Recording] = deque()  # in input order, until their outcome is yielded
     cut: list[tuple[_Recording, int, np.ndarray]] = []  # windows not yet sent to inference
     cut_count = 0
     jobs: deque[tuple[Future, list[tuple[_Recording, int, int]]]] = deque()
     inference = ThreadPoolExecutor(1, thread_name_prefix="inference")
-    group, folder = _HeldWindows(features.n_mfcc, HELD_WINDOWS_BYTES), None
+    held = _HeldWindows(prior, HELD_WINDOWS_BYTES)
 
     def send() -> None:
         nonlocal cut_count
@@ -464,27 +483,26 @@ def _annotate_in_order(
     # Single-threaded BLAS for the MFCC filterbank products: OpenBLAS would start a thread per
     # core and keep them spinning between the small products, taking the inference threads' CPU.
     blas = threadpool_limits(limits=1, user_api="blas")
-    decoded = _DecodeAhead(paths, features.sample_rate)
+    decoded = _DecodeAhead([member.source for member, _ in members], features.sample_rate)
     try:
-        for path, blocks in decoded:
-            if normalization == "folder" and path.parent != folder:
-                queue_windows(group.drain())
-                folder = path.parent
-            recording = _Recording(path)
-            recordings.append(recording)
+        for position, ((path, blocks), (member, group)) in enumerate(zip(decoded, members)):
+            recording = _Recording(path, group=group.name)
+            if not member.stats_only:
+                recordings.append(recording)
             for index, windows, stats in recording.cut_windows(blocks, features, vad):
                 if normalization == "none":
                     queue_windows([(recording, index, windows)])
                 elif normalization == "segment":
-                    queue_windows([(recording, index, standardize(windows, stats))])
+                    queue_windows([(recording, index, standardize(windows, stats + prior))])
+                elif member.stats_only:
+                    held.stats += stats
                 else:
-                    group.add(recording, index, windows, stats)
+                    held.add(recording, index, windows, stats)
             recording.note = decoded.notes.pop(path, None)
-            if normalization == "recording":
-                queue_windows(group.drain())
+            if position + 1 == len(members) or members[position + 1][1] is not group:
+                queue_windows(held.drain())
             collect(_JOBS_AHEAD)
             yield from finished()
-        queue_windows(group.drain())
         if cut:
             send()
         collect(0)
@@ -504,5 +522,5 @@ def _start_worker(model_path: Path, vad: VadConfig, normalization: str) -> None:
     _worker.update(classifier=load_classifier(model_path, threads=1), vad=vad, normalization=normalization)
 
 
-def _annotate_in_worker(path: Path) -> FileOutcome:
-    return next(_annotate_in_order([path], _worker["classifier"], _worker["vad"], _worker["normalization"]))
+def _annotate_in_worker(group: RecordingGroup) -> list[FileOutcome]:
+    return list(_annotate_in_order([group], _worker["classifier"], _worker["vad"], _worker["normalization"]))

@@ -35,6 +35,7 @@ from sercli.evaluation import (
     clip_probabilities,
     clips_digest,
     iter_clips,
+    standardize_groups,
 )
 from sercli.features import FeatureConfig
 from sercli.vad import VadConfig
@@ -120,12 +121,22 @@ class CnnFolds:
         Fold ``k``'s ``windows (n, frames, coeffs) -> probabilities (n, n_labels)``.
     features : FeatureConfig
         How windows are cut.
-    normalization : str
-        ``speaker``, ``recording`` or ``none`` (see :meth:`sercli.evaluation.WindowSet.normalized`).
+    grouping : str
+        Which test clips are standardised together: ``speaker``, ``recording`` (each
+        clip alone) or ``none`` (see :func:`sercli.evaluation.normalization_groups`), or
+        ``mixed``: all of a fold's test clips as one group, as ``annotate``'s ``auto``
+        groups one folder of short clips of several speakers.
+    priors : list of FrameStats, optional
+        Fold ``k``'s prior (:func:`sercli.training.training_prior`); none for models trained without.
     """
 
-    def __init__(self, name: str, predictors: list, features: FeatureConfig, normalization: str):
-        self.name, self.predictors, self.features, self.normalization = name, predictors, features, normalization
+    GROUPINGS = ("speaker", "mixed", "recording", "none")
+
+    def __init__(self, name: str, predictors: list, features: FeatureConfig, grouping: str, priors=None):
+        if grouping not in self.GROUPINGS:
+            raise ValueError(f"grouping must be one of {', '.join(self.GROUPINGS)}, not {grouping!r}")
+        self.name, self.predictors, self.features, self.grouping = name, predictors, features, grouping
+        self.priors = priors or [None] * len(predictors)
         self._windows: dict[str, object] = {}
 
     def predict(self, fold, train, test, clean, data):
@@ -135,8 +146,13 @@ class CnnFolds:
             )
         windows = self._windows[data.digest]
         subset = windows.for_speakers({data.clips[i].group for i in test})
-        probabilities = self.predictors[fold](subset.normalized(self.normalization))
-        return clip_probabilities(probabilities, subset).argmax(axis=1)
+        prior = self.priors[fold]
+        if self.grouping == "mixed":
+            groups = np.zeros(len(subset.clips), dtype=int)
+            x = standardize_groups(subset.windows, subset.clip_index, subset.clip_stats, groups, prior)
+        else:
+            x = subset.normalized(self.grouping, prior)
+        return clip_probabilities(self.predictors[fold](x), subset).argmax(axis=1)
 
 
 class OpenSmileBaseline:

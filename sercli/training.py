@@ -27,10 +27,11 @@ from sercli.datasets import (
     DatasetError,
     LabelledClip,
     clip_groups,
+    corpus_folds,
+    corpus_speakers,
     label_counts,
     label_order,
     natural_key,
-    speaker_folds,
     validation_speakers,
 )
 from sercli.evaluation import (
@@ -49,6 +50,7 @@ from sercli.evaluation import (
 from sercli.export import save_model
 from sercli.features import FeatureConfig
 from sercli.model import ModelCard, ModelError, file_sha256
+from sercli.normalization import PRIOR_FRAMES, FrameStats
 from sercli.vad import VadConfig
 from sercli.writers import atomic_output
 
@@ -74,10 +76,15 @@ class TrainConfig:
         Seeds weights, shuffling, degradations and normalisation groups.
     normalization : str
         ``speaker``: windows are standardised with the MFCC statistics of a group of
-        one speaker's clips, a random subset of them drawn anew each epoch (from one
-        clip to all), so the model sees the group sizes ``annotate`` will give it;
-        validation and test clips are standardised over their speaker. ``none``: raw
-        MFCCs (the model's input layer still applies the training set's global statistics).
+        clips drawn anew each epoch (:meth:`_TrainingBatches.groups`: a whole speaker,
+        one clip, a few of a speaker's clips, or clips of several speakers pooled),
+        so the model sees the groups ``annotate`` will give it; validation and test
+        clips are standardised over their speaker. ``none``: raw MFCCs (the model's
+        input layer still applies the training set's global statistics).
+    prior_frames : int
+        With ``speaker`` normalisation: pseudo-frames of the training clips' pooled
+        statistics added to every group's statistics (:func:`training_prior`), in
+        training as in annotation; 0 for none.
     variants : int
         Degraded copies of each clip (:func:`sercli.augment.random_degradation`) for
         multi-condition training; each epoch takes half of the clips clean and the
@@ -105,6 +112,7 @@ class TrainConfig:
     learning_rate: float = 1e-3
     seed: int = 0
     normalization: str = "speaker"
+    prior_frames: int = PRIOR_FRAMES
     variants: int = 4
     spec_augment: bool = True
     window_hop_frames: int = 50
@@ -181,7 +189,8 @@ def fit(
     """
     keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()
-    batches = _TrainingBatches(train, config)
+    prior = training_prior(train[0], config, base)
+    batches = _TrainingBatches(train, config, prior)
     labels = train[0].labels
     if base is None:
         sample = batches.normalized_sample()
@@ -197,7 +206,7 @@ def fit(
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
-    history = _EpochLog(validation, config, log)
+    history = _EpochLog(validation, config, log, prior)
     # With averaging, the averaged weights are swapped in at each epoch's end, before validation and early stopping.
     callbacks: list = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if averaged else []
     callbacks.append(history)
@@ -226,9 +235,10 @@ def cross_validate(
 ) -> dict:
     """Leave-speakers-out cross-validation.
 
-    For each fold, its speakers are the test set; of the remaining speakers,
-    :func:`sercli.datasets.validation_speakers` are the early-stopping
-    validation set and the rest are trained on. Finished folds are stored in the
+    For each fold, its speakers are the test set; of the remaining speakers of
+    each corpus, :func:`sercli.datasets.validation_speakers` are the early-stopping
+    validation set and the rest are trained on. With several corpora the pooled
+    metrics have each corpus's too (``by_corpus``). Finished folds are stored in the
     JSON file ``checkpoint``, and each fold's model beside it
     (``<checkpoint stem>/fold-<k>.keras``, kept for the robustness benchmark), so
     a restarted run does not redo them.
@@ -258,7 +268,11 @@ def cross_validate(
     true_all, predicted_all, clips_all = [], [], []
     for k, test_speakers in enumerate(folds):
         rest = sorted({clip.group for clip in data.clips} - set(test_speakers), key=natural_key)
-        val_speakers = validation_speakers(rest)
+        val_speakers = [  # from each corpus
+            speaker
+            for speakers in corpus_speakers(data.clips).values()
+            for speaker in validation_speakers([s for s in speakers if s in rest])
+        ]
         train_speakers = [a for a in rest if a not in val_speakers]
         if str(k) not in done:
             log(f"fold {k + 1}/{len(folds)}: test speakers {test_speakers}, validation {val_speakers}")
@@ -268,8 +282,11 @@ def cross_validate(
             fold_model = fold_model_path(checkpoint, k)
             fold_model.parent.mkdir(parents=True, exist_ok=True)
             model.save(fold_model)
+            prior = training_prior(train[0], config, base)
+            write_prior(prior, fold_model.with_suffix(".prior.json"))
             test = data.for_speakers(test_speakers)
-            probabilities = clip_probabilities(_predict(model, test.normalized(_eval_normalization(config))), test)
+            windows = test.normalized(_eval_normalization(config), prior)
+            probabilities = clip_probabilities(_predict(model, windows), test)
             done[str(k)] = {
                 "test_speakers": test_speakers,
                 "validation_speakers": val_speakers,
@@ -287,7 +304,19 @@ def cross_validate(
         predicted_all += fold["predicted"]
         clips_all += data.for_speakers(test_speakers).clips
     fold_ua = [done[str(k)]["metrics"]["unweighted_accuracy"] for k in range(len(folds))]
-    pooled = metrics_with_interval(np.array(true_all), np.array(predicted_all), clips_all, data.labels)
+    true_all, predicted_all = np.array(true_all), np.array(predicted_all)
+    pooled = metrics_with_interval(true_all, predicted_all, clips_all, data.labels)
+    corpora = np.array([clip.corpus or "" for clip in clips_all])
+    if len(set(corpora)) > 1:
+        pooled["by_corpus"] = {
+            corpus: metrics_with_interval(
+                true_all[corpora == corpus],
+                predicted_all[corpora == corpus],
+                [c for c, of in zip(clips_all, corpora) if of == corpus],
+                data.labels,
+            )
+            for corpus in dict.fromkeys(corpora)
+        }
     return {
         "protocol": f"{len(folds)}-fold leave-speakers-out, clip level (mean of window probabilities), "
         f"test clips normalised per {_eval_normalization(config)}",
@@ -302,8 +331,35 @@ def cross_validate(
 
 
 def fold_model_path(checkpoint: Path, fold: int) -> Path:
-    """Where :func:`cross_validate` keeps fold ``fold``'s (0-based) model."""
+    """Where :func:`cross_validate` keeps fold ``fold``'s (0-based) model (its prior beside it,
+    ``fold-<k>.prior.json``: see :func:`write_prior`)."""
     return checkpoint.with_suffix("") / f"fold-{fold}.keras"
+
+
+def training_prior(train: WindowSet, config: TrainConfig, base: BaseModel | None = None) -> FrameStats:
+    """The pseudo-frames a model trained on ``train`` adds to every normalisation group's statistics:
+    the pooled frame statistics of the (clean) training clips as ``config.prior_frames`` frames. A
+    fine-tuned model keeps its base model's prior; no frame without ``speaker`` normalisation."""
+    if base is not None:
+        return base.card.prior
+    if config.normalization != "speaker" or not config.prior_frames:
+        return FrameStats.empty(train.windows.shape[2])
+    pooled = FrameStats.from_array(train.clip_stats)
+    return FrameStats.of_moments(pooled.mean, pooled.std, config.prior_frames)
+
+
+def prior_fields(prior: FrameStats) -> dict:
+    """A prior as a card's ``normalization_prior`` (empty for no frame): see :attr:`ModelCard.prior`."""
+    if not prior.count:
+        return {}
+    return {"frames": prior.count, "mean": prior.mean.tolist(), "std": prior.std.tolist()}
+
+
+def write_prior(prior: FrameStats, path: Path) -> None:
+    """Store a fold model's prior (:func:`prior_fields`) as JSON, for benchmarks that evaluate fold models."""
+    import json
+
+    path.write_text(json.dumps(prior_fields(prior)))
 
 
 def _eval_normalization(config: TrainConfig) -> str:
@@ -320,6 +376,7 @@ def training_card(
     validation: list[str],
     data: str,
     data_sha256: str,
+    prior: FrameStats,
     base: BaseModel | None = None,
 ) -> ModelCard:
     """A model card describing a training run (metrics are added by the caller).
@@ -356,6 +413,7 @@ def training_card(
         labels=list(train.labels),
         features=features.to_dict(),
         normalization=config.normalization,
+        normalization_prior=prior_fields(prior),
         training=training,
     )
 
@@ -379,9 +437,9 @@ def _predict(model, windows: np.ndarray) -> np.ndarray:
 class _EpochLog(keras.callbacks.Callback):
     """Puts the clip-level validation UA into the logs and writes a line per epoch to ``log``."""
 
-    def __init__(self, validation: WindowSet | None, config: TrainConfig, log: Log):
+    def __init__(self, validation: WindowSet | None, config: TrainConfig, log: Log, prior: FrameStats):
         super().__init__()
-        self.validation, self.config, self.log = validation, config, log
+        self.validation, self.config, self.log, self.prior = validation, config, log, prior
         self.epochs: list[dict] = []
         self.started = time.monotonic()
 
@@ -392,7 +450,7 @@ class _EpochLog(keras.callbacks.Callback):
         logs = logs if logs is not None else {}
         if self.validation is not None:
             metrics = evaluate_windows(
-                lambda w: _predict(self.model, w), self.validation, _eval_normalization(self.config)
+                lambda w: _predict(self.model, w), self.validation, _eval_normalization(self.config), self.prior
             )
             logs["val_ua"] = metrics["unweighted_accuracy"]
             logs["val_accuracy"] = metrics["accuracy"]
@@ -413,33 +471,25 @@ class _EpochLog(keras.callbacks.Callback):
         return {"best_epoch": best, "epochs_run": len(self.epochs), "epochs": self.epochs}
 
 
-MIN_GROUP_CLIPS = 8
-"""Smallest group of a speaker's clips normalised together in training (a lone remainder may be smaller)."""
-
-
 class _TrainingBatches(keras.utils.PyDataset):
     """Shuffled, class-weighted training batches, redrawn each epoch.
 
     Each epoch, every clip is taken clean (with probability 1/2) or as one of its
-    degraded variants, and (``speaker`` normalisation) each speaker's clips are split at random
-    into groups that are standardised together: the whole speaker half of the time,
-    else groups of random sizes down to :data:`MIN_GROUP_CLIPS` clips (about 25 s
-    of speech, a short recording). An epoch has as many windows as the clean
-    clips have (the variants' counts differ a little).
+    degraded variants, and (``speaker`` normalisation) the clips are split at random
+    into groups that are standardised together (:meth:`groups`), their statistics
+    shrunk towards ``prior``. An epoch has as many windows as the clean clips have
+    (the variants' counts differ a little).
     """
 
-    def __init__(self, variants: list[WindowSet], config: TrainConfig):
+    def __init__(self, variants: list[WindowSet], config: TrainConfig, prior: FrameStats):
         super().__init__()
-        self.config = config
+        self.config, self.prior = config, prior
         self.clips = variants[0].clips
         self.windows = np.concatenate([v.windows for v in variants])
         self.clip_of = np.concatenate([v.clip_index for v in variants])
         self.variant_of = np.repeat(np.arange(len(variants)), [len(v.windows) for v in variants])
         self.stats = np.stack([v.clip_stats for v in variants])  # (variants, clips, 3, coeffs)
-        labels = variants[0].clip_labels
-        n_labels = len(variants[0].labels)
-        class_weight = len(labels) / (n_labels * np.maximum(np.bincount(labels, minlength=n_labels), 1))
-        self.labels, self.weights = labels, class_weight[labels].astype(np.float32)
+        self.labels, self.weights = variants[0].clip_labels, _balanced_weights(variants[0])
         self.rng = np.random.default_rng(config.seed)
         self.epoch_windows = len(variants[0].windows)
         self.on_epoch_end()
@@ -455,22 +505,38 @@ class _TrainingBatches(keras.utils.PyDataset):
         self.std = np.ones_like(self.mean)
         if self.config.normalization == "speaker":
             stats = self.stats[variant, np.arange(len(self.clips))]
-            self.mean[:], self.std[:] = group_moments(stats, self._groups())
+            self.mean[:], self.std[:] = group_moments(stats, self.groups(), self.prior)
 
-    def _groups(self) -> np.ndarray:
-        """A random group label for each clip: groups of one speaker's clips, covering every clip once."""
+    def groups(self) -> np.ndarray:
+        """A random group label for each clip, covering every clip once: the groups ``annotate`` may give.
+
+        Each speaker's clips, with probability 1/3 each, are one group (a folder or a
+        long recording of one speaker), are split into groups of one clip to all of them
+        (sizes log-uniform, so single clips are as common as halves), or join a pool of
+        several speakers' clips split the same way (short recordings of many speakers in
+        one folder).
+        """
         speakers = clip_groups(self.clips)
-        groups, count = np.empty(len(self.clips), dtype=int), 0
+        groups, mixed, count = np.empty(len(self.clips), dtype=int), [], 0
         for speaker in sorted(set(speakers), key=natural_key):
             members = self.rng.permutation(np.flatnonzero(speakers == speaker))
-            if self.rng.random() < 0.5:
+            regime = self.rng.integers(3)
+            if regime == 0:
                 groups[members], count = count, count + 1
-                continue
-            while len(members):
-                size = self.rng.integers(min(MIN_GROUP_CLIPS, len(members)), len(members) + 1)
-                groups[members[:size]], count = count, count + 1
-                members = members[size:]
+            elif regime == 1:
+                count = self._split(members, groups, count)
+            else:
+                mixed.extend(members)
+        self._split(self.rng.permutation(np.array(mixed, dtype=int)), groups, count)
         return groups
+
+    def _split(self, members: np.ndarray, groups: np.ndarray, count: int) -> int:
+        """Label ``members`` in consecutive groups of log-uniform sizes from 1 to all; the next free label."""
+        while len(members):
+            size = int(round(np.exp(self.rng.uniform(0.0, np.log(len(members))))))
+            groups[members[:size]], count = count, count + 1
+            members = members[size:]
+        return count
 
     def __len__(self):
         return math.ceil(len(self.rows) / self.config.batch_size)
@@ -491,6 +557,20 @@ class _TrainingBatches(keras.utils.PyDataset):
         """Windows ``rows``, standardised with their clip's group statistics of this epoch."""
         clips = self.clip_of[rows]
         return (self.windows[rows] - self.mean[clips][:, None]) / self.std[clips][:, None]
+
+
+def _balanced_weights(data: WindowSet) -> np.ndarray:
+    """Each clip's loss weight, shape ``(n_clips,)``, mean 1: every corpus weighs the same in total, and
+    within a corpus every label it has weighs the same (RAVDESS's neutral, with half the clips of the
+    other emotions, counts twice per clip)."""
+    labels = data.clip_labels
+    corpora = np.array([clip.corpus or "" for clip in data.clips])
+    weights = np.empty(len(labels), dtype=np.float32)
+    for corpus in np.unique(corpora):
+        members = corpora == corpus
+        counts = np.bincount(labels[members], minlength=len(data.labels))
+        weights[members] = 1.0 / (np.count_nonzero(counts) * counts[labels[members]])
+    return weights * len(labels) / len(np.unique(corpora))
 
 
 def spec_augment(windows: np.ndarray, rng: np.random.Generator) -> None:
@@ -640,7 +720,7 @@ def train_model(
     if split is not None:
         folds = [fold for fold in split.values() if fold]  # babble stays within a split
     else:
-        folds = speaker_folds(speakers, cv_folds) if cv_folds else [speakers]
+        folds = corpus_folds(clips, cv_folds) if cv_folds else [speakers]
     output.parent.mkdir(parents=True, exist_ok=True)
     clean = cached_features(cache, {"variant": 0}, clips, features, vad, log=log)
     copies = degraded_variants(clips, features, vad, config, cache, folds, log=log)
@@ -658,17 +738,20 @@ def train_model(
     held_out = everything.for_speakers(validation) if validation else None
     log(f"final model: training on {len(train_speakers)} speakers for up to {config.epochs} epochs")
     model, history = fit(train, held_out, config, log, base)
-    normalization = _eval_normalization(config)
+    normalization, prior = _eval_normalization(config), training_prior(train[0], config, base)
     predict = lambda w: _predict(model, w)
     if held_out is not None:
-        metrics["validation"] = evaluate_clips(predict, held_out, normalization)
+        metrics["validation"] = evaluate_clips(predict, held_out, normalization, prior=prior)
     if split is not None and split["test"]:
-        metrics["test"] = evaluate_clips(predict, everything.for_speakers(split["test"]), normalization)
-    card = training_card(output.stem, features, vad, config, train[0], validation, data, data_digest(clips), base)
+        test = everything.for_speakers(split["test"])
+        metrics["test"] = evaluate_clips(predict, test, normalization, prior=prior)
+    card = training_card(
+        output.stem, features, vad, config, train[0], validation, data, data_digest(clips), prior, base
+    )
     card.training["epochs_run"] = history["epochs_run"]
     card.training["best_epoch"] = history["best_epoch"]
     card.metrics = metrics
-    check = everything.normalized(normalization)
+    check = everything.normalized(normalization, prior)
     save_model(model, output, card, check[:: max(1, len(check) // 512)])
     if cv_folds:
         checkpoint.unlink(missing_ok=True)

@@ -48,8 +48,15 @@ def make_random_model(folder: Path, name: str = "random", normalization: str = "
     model = build_cnn_bilstm(
         np.full(config.n_mfcc, 0.0 if normalized else -10.0), np.full(config.n_mfcc, 1.0 if normalized else 50.0)
     )
+    # a normalised model's card carries a prior, as trained ones do: 1000 frames of mean -5, std 20
+    prior = {"frames": 1000, "mean": [-5.0] * config.n_mfcc, "std": [20.0] * config.n_mfcc} if normalized else {}
     card = ModelCard(
-        name=name, version="test", labels=list(EMOTIONS), features=config.to_dict(), normalization=normalization
+        name=name,
+        version="test",
+        labels=list(EMOTIONS),
+        features=config.to_dict(),
+        normalization=normalization,
+        normalization_prior=prior,
     )
     path = folder / f"{name}.keras"
     noise = np.random.default_rng(0).normal(0, 0.1, 5 * config.sample_rate).astype(np.float32)

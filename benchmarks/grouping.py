@@ -1,0 +1,87 @@
+"""Which group of speech to standardise over: clip-level UA of cross-validation fold models on unseen actors,
+their clean test clips standardised in groups of every size, alone or pooled with other speakers.
+
+    python benchmarks/grouping.py ../shared/ravdess runs/speaker-multi-ema-seed0-2fold.cv --folds 2
+
+Rows: one speaker's clips in random groups of N clips (N = 1 is each clip alone, ``all`` the whole
+speaker), and clips of the fold's test speakers pooled at random in groups of N (``all``: the whole
+test set, as ``annotate --normalize auto`` pools a folder of short clips of several speakers). The
+seconds column is the mean speech per group. It is what ``sercli.groups.AUTO_OWN_GROUP_S`` is
+measured by: the speech from which a recording standardised alone beats pooling it with a folder of
+other speakers' clips.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+from robustness import keras_predictors
+
+from sercli.datasets import clip_groups, find_clips, natural_key, speaker_folds
+from sercli.evaluation import cached_features, classification_metrics, clip_probabilities, standardize_groups
+from sercli.features import FeatureConfig
+from sercli.vad import VadConfig
+
+SIZES = (1, 2, 4, 8, 16, 32, None)
+"""Clips per group; None: all of them (the speaker, or the fold's whole test set)."""
+
+
+def random_groups(members: np.ndarray, size: int | None, rng: np.random.Generator, first: int) -> np.ndarray:
+    """Group labels from ``first`` on for ``members`` shuffled and cut in groups of ``size`` (None: one group)."""
+    order = rng.permutation(len(members))
+    labels = np.empty(len(members), dtype=int)
+    labels[order] = first + (np.arange(len(members)) // (size or len(members)))
+    return labels
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("ravdess", type=Path)
+    parser.add_argument("folds_folder", type=Path, help="a cross-validation's fold models (fold-<k>.keras)")
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--cache", type=Path, default=Path("runs/cache"))
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    features = FeatureConfig()
+    clips = find_clips(args.ravdess, "ravdess")
+    data = cached_features(args.cache, {"variant": 0}, clips, features, VadConfig()).windows(
+        features.window_frames, features.window_hop_frames
+    )
+    folds = speaker_folds([c.speaker for c in clips], args.folds)
+    predictors, priors = keras_predictors(args.folds_folder, args.folds)
+    print(f"{args.folds}-fold fold models of {args.folds_folder}, clean test clips, clip-level UA (seed {args.seed})\n")
+    print("| grouping | clips per group | speech per group (s) | UA | neutral | happy | sad |")
+    print("|---|---|---|---|---|---|---|")
+    for pooled in (False, True):
+        for size in SIZES:
+            rng = np.random.default_rng(args.seed)
+            true, predicted, seconds = [], [], []
+            for k, test_speakers in enumerate(folds):
+                test = data.for_speakers(test_speakers)
+                speakers = clip_groups(test.clips)
+                groups = np.empty(len(test.clips), dtype=int)
+                if pooled:
+                    groups[:] = random_groups(np.arange(len(test.clips)), size, rng, 0)
+                else:
+                    for s, speaker in enumerate(sorted(set(speakers), key=natural_key)):
+                        members = np.flatnonzero(speakers == speaker)
+                        groups[members] = random_groups(members, size, rng, s * len(test.clips))
+                x = standardize_groups(test.windows, test.clip_index, test.clip_stats, groups, priors[k])
+                predicted.append(clip_probabilities(predictors[k](x), test).argmax(axis=1))
+                true.append(test.clip_labels)
+                clip_seconds = test.clip_stats[:, 0, 0] * features.hop_length / features.sample_rate
+                seconds += [clip_seconds[groups == g].sum() for g in np.unique(groups)]
+            metrics = classification_metrics(np.concatenate(true), np.concatenate(predicted), data.labels)
+            recall = metrics["per_class_recall"]
+            print(
+                f"| {'several speakers' if pooled else 'one speaker'} | {size or 'all'} | {np.mean(seconds):.0f} "
+                f"| {metrics['unweighted_accuracy']:.3f} | {recall['neutral']:.2f} | {recall['happy']:.2f} "
+                f"| {recall['sad']:.2f} |",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
