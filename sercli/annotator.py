@@ -4,6 +4,7 @@
 >>> table = sercli.annotate("calls/")                      # one row per speech segment
 >>> annotator = sercli.Annotator(normalization="folder")   # loads the model once
 >>> rows = annotator.annotate_signal(samples, 44100)        # a numpy signal and its rate
+>>> table = sercli.annotate("calls/", output="calls.parquet", resume=True)  # checkpointed, resumable
 
 Tables have the columns and dtypes of ``sercli annotate``'s output
 (:func:`sercli.writers.result_columns` of the model's labels); recordings that could not be read are
@@ -79,10 +80,12 @@ class Annotator:
         """Each recording's outcome (rows or error) as it finishes: for batches too big to hold.
 
         ``inputs`` are folders (searched recursively, filtered by the ``include`` and
-        ``exclude`` globs) and files.
+        ``exclude`` globs) and files; one that does not exist is an outcome with its error.
         """
         inputs = [inputs] if isinstance(inputs, str | Path) else list(inputs)
-        paths = find_audio_files(inputs, include, exclude)
+        missing = [Path(p) for p in inputs if not Path(p).exists() and not Path(p).is_symlink()]
+        yield from (FileOutcome(path, [], "file not found") for path in missing)
+        paths = find_audio_files([p for p in inputs if Path(p) not in missing], include, exclude)
         yield from annotate_files(paths, self.classifier, self.vad, 1, self.normalization, self.speaker_of)
 
     def annotate(
@@ -102,14 +105,39 @@ class Annotator:
         return _table(outcomes, self.classifier.card.labels)
 
 
-def annotate(inputs: str | Path | Iterable[str | Path], **options) -> pd.DataFrame:
-    """Annotate folders and files in one call: ``Annotator(**options).annotate(inputs)``.
+BATCH_OPTIONS = ("overwrite", "resume", "force", "checkpoint_s", "workers")
+"""Options of :func:`annotate` with an ``output`` (:func:`sercli.batch.annotate_batch`'s)."""
 
-    ``include`` and ``exclude`` globs go to :meth:`Annotator.annotate`, the other
-    options to :class:`Annotator`.
+
+def annotate(inputs: str | Path | Iterable[str | Path], output: str | Path | None = None, **options) -> pd.DataFrame:
+    """Annotate folders and files in one call.
+
+    Without ``output``: ``Annotator(**options).annotate(inputs)``, the table in memory.
+    With ``output`` (a ``.csv`` or ``.parquet`` file), the rows go there as
+    ``sercli annotate -o`` writes them (:func:`sercli.batch.annotate_batch`:
+    checkpoints, ``<output>.errors.csv``, a lock against a second writer) and the
+    table is read back; ``overwrite``, ``resume``, ``force``, ``checkpoint_s`` and
+    ``workers`` apply. Ctrl-C saves what is finished, then raises ``KeyboardInterrupt``.
+
+    ``include`` and ``exclude`` globs select files in folders; the other options go to
+    :class:`Annotator`.
     """
+    from sercli.batch import annotate_batch
+    from sercli.writers import read_results
+
+    inputs = [inputs] if isinstance(inputs, str | Path) else list(inputs)
     filters = {key: options.pop(key) for key in ("include", "exclude") if key in options}
-    return Annotator(**options).annotate(inputs, **filters)
+    batch = {key: options.pop(key) for key in BATCH_OPTIONS if key in options}
+    if output is None or str(output) == "-":
+        if batch or output is not None:
+            raise ValueError(f"{', '.join(batch) or 'output -'}: give output a .csv or .parquet file")
+        return Annotator(**options).annotate(inputs, **filters)
+    report = annotate_batch(inputs, Annotator(**options), output, **filters, **batch)
+    if report.interrupted:
+        raise KeyboardInterrupt
+    table = read_results(output)
+    table.attrs["errors"] = {path_text(o.path): o.error for o in report.failures}
+    return table
 
 
 def _table(outcomes: Iterable[FileOutcome], labels: list[str]) -> pd.DataFrame:

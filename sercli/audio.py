@@ -7,6 +7,7 @@ clipped to [-1, 1] and resampled with soxr's streaming resampler.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import stat
@@ -24,6 +25,10 @@ block into a billion resampled samples."""
 
 BLOCK_FRAMES = 1 << 18
 """Frames (per channel, at the file's own rate) decoded per block: 5.5 s at 48 kHz."""
+
+BLOCK_SAMPLES = 1 << 20
+"""At most this many samples (frames x channels, 4 MiB of float32) decoded per block, however
+many channels a header claims."""
 
 
 class AudioError(Exception):
@@ -64,9 +69,10 @@ def audio_info(path: str | Path) -> AudioInfo:
     """
     path = Path(path)
     if not path.exists():
-        raise AudioError("broken symbolic link" if path.is_symlink() else "file not found")
+        raise AudioError(_missing(path))
     if path.is_dir():
-        raise AudioError("is a directory")
+        listable = os.access(path, os.R_OK | os.X_OK)
+        raise AudioError("is a directory" if listable else "folder cannot be listed (permission denied)")
     if not stat.S_ISREG(path.stat().st_mode):  # opening a FIFO would block until a writer came
         raise AudioError("not a regular file (a FIFO, socket or device)")
     if not os.access(path, os.R_OK):
@@ -130,6 +136,7 @@ def iter_audio(path: str | Path, sample_rate: int = 16000, block_frames: int = B
         If the file cannot be opened or a block cannot be decoded (truncated file).
     """
     info = audio_info(path)
+    block_frames = max(1, min(block_frames, BLOCK_SAMPLES // info.channels))
 
     def blocks() -> Iterator[np.ndarray]:
         with sf.SoundFile(os.fsencode(path)) as handle:
@@ -150,8 +157,10 @@ def iter_signal(
 
     Parameters
     ----------
-    signal : np.ndarray, shape (n,) or (n, channels)
-        Samples, full scale 1.
+    signal : np.ndarray, shape (n,), (n, channels) or (channels, n)
+        Samples: floats at full scale 1, or integers at their type's full scale (int16
+        PCM, unsigned 8-bit PCM centred on 128, ...). A 2-D array with more columns
+        than rows is taken as (channels, n), librosa's layout.
     signal_rate : int
         Its rate in Hz (1 kHz to 768 kHz).
     sample_rate : int
@@ -160,15 +169,38 @@ def iter_signal(
     Raises
     ------
     AudioError
-        If the signal is empty or its rate is out of range.
+        If the signal is empty, not real numbers, or its rate is out of range.
     """
-    signal = np.asarray(signal, dtype=np.float32)
-    if signal.ndim not in (1, 2) or len(signal) == 0:
+    signal = full_scale(signal)
+    if signal.ndim == 2 and signal.shape[1] > signal.shape[0]:
+        signal = signal.T
+    if signal.ndim not in (1, 2) or signal.size == 0:
         raise AudioError(f"a signal must be shaped (samples,) or (samples, channels) and not empty, not {signal.shape}")
     if not MIN_SAMPLE_RATE <= signal_rate <= MAX_SAMPLE_RATE:
         raise AudioError(f"sample rate {signal_rate} Hz is outside {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz")
     starts = range(0, len(signal) + 1, block_frames)  # a last, short (maybe empty) block ends the stream
     yield from _mono_resampled((signal[i : i + block_frames] for i in starts), signal_rate, sample_rate)
+
+
+def full_scale(signal: np.ndarray) -> np.ndarray:
+    """Samples as float32 at full scale 1: floats as they are, signed integers divided by their
+    type's full scale (32768 for int16), unsigned ones centred first (128 for uint8).
+
+    Raises
+    ------
+    AudioError
+        For booleans, complex numbers and anything else that is not a real number.
+    """
+    signal = np.asarray(signal)
+    kind = signal.dtype.kind
+    if kind == "f":
+        return signal.astype(np.float32, copy=False)
+    if kind == "i":
+        return (signal / float(-np.iinfo(signal.dtype).min)).astype(np.float32)
+    if kind == "u":
+        middle = float(np.iinfo(signal.dtype).max // 2 + 1)
+        return ((signal - middle) / middle).astype(np.float32)
+    raise AudioError(f"samples must be real numbers (float or integer PCM), not {signal.dtype}")
 
 
 def _mono_resampled(blocks: Iterator[np.ndarray], rate: int, sample_rate: int) -> Iterator[np.ndarray]:
@@ -191,6 +223,26 @@ def read_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
     return np.concatenate(list(iter_audio(path, sample_rate)))
 
 
+def _missing(path: Path) -> str:
+    """Why a path that ``exists()`` denies is missing: a link loop, a broken link, or nothing there."""
+    if not path.is_symlink():
+        return "file not found"
+    try:
+        os.stat(path)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "symbolic link loop"
+    return "broken symbolic link"
+
+
+LIBSNDFILE_MESSAGES = {
+    "Internal error : SF_INFO struct incomplete.": "corrupt header (impossible sample rate, channels or format)",
+    "Error in WAV file. No 'data' chunk marker.": "WAV header without audio data (no 'data' chunk)",
+    "Channel count is zero.": "corrupt header (zero channels)",
+}
+"""libsndfile's texts that say little to a user, and what they mean."""
+
+
 def _cause(error: Exception) -> str:
     """A one-line, human cause for a decoding error."""
     if isinstance(error, FileNotFoundError):
@@ -199,4 +251,6 @@ def _cause(error: Exception) -> str:
     # libsndfile prefixes its messages with "Error opening 'path': " or "Error : "; the caller names the file.
     message = message.split(": ", 1)[-1] if message.startswith(("Error opening", "Error : ")) else message
     # Some garbage headers make libsndfile claim a regular, existing file does not exist.
-    return "Format not recognised." if message.startswith("File does not exist") else message
+    if message.startswith("File does not exist"):
+        return "Format not recognised."
+    return LIBSNDFILE_MESSAGES.get(message, message)

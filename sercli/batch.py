@@ -5,37 +5,50 @@
 complete, valid table holding whole recordings only: a run killed at any point
 loses at most the work since the last checkpoint, and a resumed run skips every
 recording already in the table. :class:`CsvStream` writes CSV to a stream
-(stdout) as recordings finish.
+(stdout) as recordings finish. :func:`annotate_batch` is the whole job, "annotate
+these inputs into this output", as ``sercli annotate`` and
+``sercli.annotate(..., output=...)`` run it.
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import math
+import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Protocol, TextIO
+from typing import TYPE_CHECKING, Protocol, TextIO
 
 import pandas as pd
 
-from sercli import EMOTIONS
-from sercli.files import path_text, recording_key
-from sercli.groups import SpeakerOf
-from sercli.model import Classifier
+from sercli import EMOTIONS, __version__
+from sercli.files import find_audio_files, path_text, recording_key
+from sercli.groups import SpeakerOf, plan_groups
+from sercli.model import Classifier, file_sha256
 from sercli.pipeline import FileOutcome, annotate_files
 from sercli.vad import VadConfig
 from sercli.writers import (
+    TABLE_SUFFIXES,
     atomic_output,
+    metadata_path,
     read_metadata,
     read_results,
     results_frame,
     sort_results,
+    table_format,
     table_labels,
     write_csv,
     write_results,
 )
+
+if TYPE_CHECKING:
+    from sercli.annotator import Annotator
 
 
 class ResultSink(Protocol):
@@ -47,8 +60,11 @@ class ResultSink(Protocol):
     def add(self, outcome: FileOutcome) -> None:
         """Take a recording's rows (an outcome without error)."""
 
-    def save(self) -> None: ...
+    def save(self) -> None:
+        """Make every row added so far durable."""
 
+    def close(self) -> None:
+        """Save, and let go of the output."""
 
 
 class OutputError(Exception):
@@ -59,6 +75,48 @@ RESUME_KEYS = {"model": "model", "vad": "VAD settings", "features": "features", 
 """Metadata that must match for ``--resume`` to add rows to a results file, with their names in messages."""
 
 
+class OutputLock:
+    """An exclusive advisory lock (``flock``) on ``.<name>.lock`` beside an output, removed on release.
+
+    The lock file sits beside the output's real file (symbolic links followed), so two
+    names of one file share it. Removing it is safe: a run that opened the file just
+    before it was removed sees that its inode is no longer the one on disk and takes
+    the new file's lock instead.
+
+    Raises
+    ------
+    OutputError
+        If another run holds the lock, or the folder cannot be written.
+    """
+
+    def __init__(self, output: Path):
+        real = Path(os.path.realpath(output))
+        self.path = real.with_name(f".{real.name}.lock")
+        while True:
+            try:
+                handle = open(self.path, "a")  # noqa: SIM115 - held until release()
+            except OSError as error:
+                raise OutputError(f"cannot write {output}: {error.strerror}") from None
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                raise OutputError(f"another sercli run is writing {output}") from None
+            try:
+                if os.stat(self.path).st_ino == os.fstat(handle.fileno()).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            handle.close()  # removed by the run that held it: lock the new one
+        self.handle = handle
+
+    def release(self) -> None:
+        """Remove the lock file, then let go of the lock."""
+        if not self.handle.closed:
+            self.path.unlink(missing_ok=True)
+            self.handle.close()
+
+
 class ResultsFile:
     """A CSV or Parquet results file, rewritten atomically at most every ``checkpoint_s`` seconds.
 
@@ -67,21 +125,24 @@ class ResultsFile:
     path : Path
     metadata : dict
         Stored with the table (model identity, run options).
-    labels : sequence of str
-        The model's labels: one ``prob_<label>`` column each.
     resume : bool
         Start from the rows already in ``path`` (whose recordings are then skipped).
         The file's metadata must agree with ``metadata`` on :data:`RESUME_KEYS`.
+        A CSV cut off in the middle of a row loses that row and its recording's
+        rows (they are annotated again).
+    labels : sequence of str
+        The model's labels: one ``prob_<label>`` column each.
     checkpoint_s : float
-        Minimum seconds between rewrites; the interval also grows to ten times
+        Minimum seconds between rewrites (> 0); the interval also grows to ten times
         the last rewrite's duration so that rewriting never costs over 10 %.
     force : bool
-        Resume even when the settings differ.
+        Resume even when the settings differ, or the file has no metadata to compare.
 
-    The file is locked (``<path>.lock``, an advisory ``flock``) for as long as
-    this object lives, so a second run on the same output is refused. The table
-    is written once at the start, so an output that cannot be written is found
-    before any work. Temporary files left beside ``path`` by a killed run are removed.
+    The output is locked (:class:`OutputLock`) until :meth:`close`, so a second run on
+    the same output is refused. A new table is written at once, so an output
+    that cannot be written is found before any work; a resumed one is rewritten
+    only when rows are added. Temporary files left beside ``path`` by a killed run
+    are removed.
 
     Raises
     ------
@@ -98,23 +159,26 @@ class ResultsFile:
         checkpoint_s: float = 10.0,
         force: bool = False,
     ):
+        if not (math.isfinite(checkpoint_s) and checkpoint_s > 0):
+            raise OutputError(f"the checkpoint interval must be a positive number of seconds, not {checkpoint_s}")
         self.path, self.checkpoint_s, self.labels = path, checkpoint_s, list(labels)
         if path.is_dir():
             raise OutputError(f"{path} is a directory")
+        self.lock = OutputLock(path)
         try:
-            self.lock = open(path.with_name(path.name + ".lock"), "a")  # noqa: SIM115 - held until the run ends
-        except OSError as error:
-            raise OutputError(f"cannot write {path}: {error.strerror}") from None
-        try:
-            fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise OutputError(f"another sercli run is writing {path}") from None
+            self._open(metadata, resume and path.exists(), force)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _open(self, metadata: dict, resume: bool, force: bool) -> None:
+        path = self.path
         for stale in path.parent.glob(f".{path.name}.*.partial"):
             stale.unlink(missing_ok=True)
         self.table, stored = results_frame([], self.labels), {}
-        if resume and path.exists():
+        if resume:
             try:
-                self.table = read_results(path)
+                self.table = read_results(path, cut_off="drop")
             except ValueError as error:
                 raise OutputError(f"cannot resume: {error}") from None
             if table_labels(self.table) != self.labels:
@@ -127,8 +191,13 @@ class ResultsFile:
         self.done = {recording_key(p) for p in self.table["path"]}
         # which group each recording was standardised over, those of the resumed table's runs included
         self.metadata = {**metadata, "groups": stored.get("groups", {})}
+        earlier = {key: stored[key] for key in RESUME_KEYS if key in stored}
+        if any(value != metadata.get(key) for key, value in earlier.items()):  # --force over other settings
+            self.metadata["earlier_settings"] = earlier
         self.pending: list = []  # rows added since the last rewrite
-        self.save_cost = 0.0
+        self.save_cost, self.changed = 0.0, not resume
+        if resume and not os.access(path.parent, os.W_OK):
+            raise OutputError(f"cannot write {path}: permission denied")
         self.save()
 
     def add(self, outcome: FileOutcome) -> None:
@@ -136,6 +205,7 @@ class ResultsFile:
         self.done.add(recording_key(outcome.path))
         if outcome.group is not None:
             self.metadata["groups"][path_text(outcome.path)] = outcome.group
+        self.changed = True
         if time.monotonic() - self.last_save >= max(self.checkpoint_s, 10 * self.save_cost):
             self.save()
 
@@ -145,16 +215,31 @@ class ResultsFile:
             new = results_frame(self.pending, self.labels)
             self.table = sort_results(pd.concat([self.table, new], ignore_index=True))
             self.pending = []
-        try:
-            write_results(self.table, self.path, self.metadata)
-        except OSError as error:
-            raise OutputError(f"cannot write {self.path}: {error.strerror or error}") from None
+        if self.changed:
+            try:
+                write_results(self.table, self.path, self.metadata)
+            except OSError as error:
+                raise OutputError(f"cannot write {self.path}: {error.strerror or error}") from None
+            self.changed = False
         self.last_save = time.monotonic()
         self.save_cost = self.last_save - started
 
+    def close(self) -> None:
+        """Save, then release the lock."""
+        try:
+            self.save()
+        finally:
+            self.lock.release()
+
 
 def _check_same_settings(stored: dict, metadata: dict, path: Path) -> None:
-    """Refuse to resume ``path`` when it was made with another model or other settings."""
+    """Refuse to resume ``path`` when it was made with another model or other settings, or
+    nothing says how it was made."""
+    if not stored:
+        where = f" ({metadata_path(path).name})" if table_format(path) == "csv" else ""
+        raise OutputError(
+            f"cannot resume: {path} has no metadata{where} to check its model and settings; pass --force to add to it"
+        )
     for key, name in RESUME_KEYS.items():
         if key in stored and stored[key] != metadata.get(key):
             raise OutputError(
@@ -164,19 +249,36 @@ def _check_same_settings(stored: dict, metadata: dict, path: Path) -> None:
 
 
 class CsvStream:
-    """CSV on a text stream, each recording's rows written and flushed as it finishes."""
+    """CSV on a text stream, each recording's rows written and flushed as it finishes.
+
+    A stream that cannot be written (a full disk behind ``> file``) raises
+    :class:`OutputError`; a closed pipe (``| head``) raises ``BrokenPipeError``.
+    """
 
     def __init__(self, handle: TextIO = sys.stdout, labels: Sequence[str] = EMOTIONS):
         self.handle, self.done, self.labels = handle, set(), list(labels)
-        write_csv(results_frame([], self.labels), handle)
-        handle.flush()
+        self._write(results_frame([], self.labels), header=True)
 
     def add(self, outcome: FileOutcome) -> None:
-        write_csv(results_frame(outcome.rows, self.labels), self.handle, header=False)
-        self.handle.flush()
+        self._write(results_frame(outcome.rows, self.labels), header=False)
 
     def save(self) -> None:
-        self.handle.flush()
+        self._write(None)
+
+    def close(self) -> None:
+        self.save()
+
+    def _write(self, frame: pd.DataFrame | None, header: bool = False) -> None:
+        try:
+            if frame is not None:
+                write_csv(frame, self.handle, header=header)
+            self.handle.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as error:
+            raise OutputError(
+                f"cannot write to {getattr(self.handle, 'name', 'the output stream')}: {error.strerror or error}"
+            ) from None
 
 
 def pending(paths: Iterable[Path], sink: ResultSink) -> list[Path]:
@@ -211,11 +313,223 @@ def annotate_into(
 ) -> None:
     """Annotate the recordings the sink does not hold yet, adding each one's rows as it finishes.
 
-    ``on_outcome`` hears of every recording, failed ones included, after its rows are added.
-    ``workers``, ``normalization`` and ``speaker_of`` are :func:`sercli.pipeline.annotate_files`'s;
-    the recordings the sink holds still count in their normalisation group's statistics.
+    ``on_outcome`` hears of every recording, failed ones included, after its rows are added;
+    Ctrl-C, SIGTERM and SIGHUP wait until both are done, so what was saved and what was
+    heard of agree. ``workers``, ``normalization`` and ``speaker_of`` are
+    :func:`sercli.pipeline.annotate_files`'s; the recordings the sink holds still count in
+    their normalisation group's statistics.
     """
     for outcome in annotate_files(list(paths), classifier, vad, workers, normalization, speaker_of, sink.done):
-        if outcome.error is None:
-            sink.add(outcome)
-        on_outcome(outcome)
+        with _signals_held():
+            if outcome.error is None:
+                sink.add(outcome)
+            on_outcome(outcome)
+
+
+@contextmanager
+def _signals_held():
+    """Hold back SIGINT, SIGTERM and SIGHUP (their handlers run when the block ends)."""
+    held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+@dataclass
+class BatchReport:
+    """What :func:`annotate_batch` did.
+
+    Attributes
+    ----------
+    recordings : int
+        Recordings found under the inputs.
+    todo : int
+        Of those, the ones this run had to annotate (a resumed output holds the others).
+    annotated : list of FileOutcome
+        Recordings whose rows were saved by this run (rows dropped), in finishing order.
+    failures : list of FileOutcome
+        Recordings that could not be annotated, each with its one-line error.
+    interrupted : bool
+        Stopped by ``KeyboardInterrupt`` (Ctrl-C, or a signal the caller turned into one);
+        what was finished is saved.
+    output : Path or None
+        The results file or Dask dataset folder; None for CSV on stdout.
+    errors_file : Path or None
+        Where the failures are listed (None for stdout), removed when nothing failed.
+    """
+
+    recordings: int
+    todo: int
+    annotated: list[FileOutcome] = field(default_factory=list)
+    failures: list[FileOutcome] = field(default_factory=list)
+    interrupted: bool = False
+    output: Path | None = None
+    errors_file: Path | None = None
+
+    @property
+    def audio_s(self) -> float:
+        """Seconds of audio this run went through, failed recordings included."""
+        return sum(o.audio_s for o in (*self.annotated, *self.failures))
+
+
+def run_metadata(annotator: Annotator, inputs: Sequence[str | Path]) -> dict:
+    """What a results file records of the run that made it: the model (its file's SHA-256), the
+    settings that must match to resume it (:data:`RESUME_KEYS`), sercli's version and the inputs."""
+    card = annotator.classifier.card
+    return {
+        "model": {"name": card.name, "version": card.version, "sha256": file_sha256(annotator.classifier.path)},
+        "sercli_version": __version__,
+        "vad": annotator.vad.__dict__,
+        "features": card.features,
+        "normalization": annotator.normalization,
+        "inputs": [str(p) for p in inputs],
+    }
+
+
+def annotate_batch(
+    inputs: Sequence[str | Path],
+    annotator: Annotator,
+    output: str | Path | None = None,
+    *,
+    include: Iterable[str] = (),
+    exclude: Iterable[str] = (),
+    overwrite: bool = False,
+    resume: bool = False,
+    force: bool = False,
+    checkpoint_s: float = 10.0,
+    workers: int = 1,
+    dask: str | None = None,
+    on_start: Callable[[int], None] = lambda _: None,
+    on_outcome: Callable[[FileOutcome], None] = lambda _: None,
+) -> BatchReport:
+    """Annotate the recordings under ``inputs`` into ``output``, as ``sercli annotate`` does.
+
+    Parameters
+    ----------
+    inputs : sequence of str or Path
+        Folders (walked recursively, filtered by the ``include``/``exclude`` globs) and files.
+    annotator : sercli.Annotator
+        The model and settings.
+    output : str or Path, optional
+        A ``.csv`` or ``.parquet`` results file (checkpointed every ``checkpoint_s`` seconds,
+        with ``<output>.errors.csv`` listing failures), ``-`` or None for CSV on stdout, or with
+        ``dask`` the folder of a partitioned Parquet dataset.
+    overwrite, resume, force : bool
+        Replace an existing output; keep its rows and annotate the rest; resume it even when it
+        was made with another model or settings.
+    workers : int
+        Processes annotating whole normalisation groups side by side (the Dask cluster's size
+        with ``dask="local"``).
+    dask : str, optional
+        ``"local"`` or a scheduler address: run on a Dask cluster (:mod:`sercli.distributed`).
+    on_start : callable
+        Called with the number of recordings to annotate, before the first one.
+    on_outcome : callable
+        Called with every recording's outcome (rows dropped for Dask) once its rows are saved.
+
+    Returns
+    -------
+    BatchReport
+        An interrupted run (``KeyboardInterrupt``) returns with ``interrupted`` set, after saving.
+
+    Raises
+    ------
+    ValueError, FileNotFoundError, OutputError
+        One line: a bad input or option, an output that exists (without ``overwrite`` or
+        ``resume``), cannot be written, or cannot be resumed.
+    """
+    out_path = None if output in (None, "-") else Path(output)
+    if dask is None:
+        table_format(output or "-")
+    elif out_path is None or out_path.suffix.lower() in TABLE_SUFFIXES:
+        raise ValueError("with --dask, the output names the folder of the partitioned Parquet dataset")
+    paths = find_audio_files(inputs, include, exclude)
+    exists = out_path is not None and (any(out_path.glob("part-*.parquet")) if dask else out_path.exists())
+    if exists and not (overwrite or resume):
+        raise ValueError(f"{output} exists: pass --overwrite to replace it or --resume to complete it")
+    metadata = run_metadata(annotator, inputs)
+    if dask is not None:
+        return _annotate_on_dask(
+            paths, annotator, out_path, metadata, overwrite, resume, workers, dask, on_start, on_outcome
+        )
+    labels = annotator.classifier.card.labels
+    sink = (
+        CsvStream(sys.stdout, labels)
+        if out_path is None
+        else ResultsFile(out_path, metadata, resume, labels, checkpoint_s, force)
+    )
+    report = BatchReport(
+        len(paths),
+        len(pending(paths, sink)),
+        output=out_path,
+        errors_file=None if out_path is None else errors_path(out_path),
+    )
+    try:
+        if report.todo:
+            on_start(report.todo)
+
+            def saved(outcome: FileOutcome) -> None:
+                (report.annotated if outcome.error is None else report.failures).append(replace(outcome, rows=[]))
+                on_outcome(outcome)
+
+            try:
+                annotate_into(
+                    paths,
+                    annotator.classifier,
+                    annotator.vad,
+                    sink,
+                    saved,
+                    workers,
+                    annotator.normalization,
+                    annotator.speaker_of,
+                )
+            except KeyboardInterrupt:
+                report.interrupted = True
+    finally:
+        sink.close()
+    if report.errors_file is not None and report.todo:
+        _write_errors(report)
+    return report
+
+
+def _annotate_on_dask(paths, annotator, out_path, metadata, overwrite, resume, workers, dask, on_start, on_outcome):
+    """:func:`annotate_batch` on a Dask cluster: each part is saved by its worker."""
+    from sercli.distributed import annotate_on_dask, dask_client
+
+    if overwrite and not resume:
+        for part in out_path.glob("part-*.parquet"):
+            part.unlink()
+    report = BatchReport(len(paths), len(paths), output=out_path, errors_file=out_path / "errors.csv")
+    on_start(report.todo)
+
+    def saved(outcomes: list[FileOutcome]) -> None:
+        for outcome in outcomes:
+            (report.annotated if outcome.error is None else report.failures).append(outcome)
+            on_outcome(outcome)
+
+    try:
+        with dask_client(dask, workers) as client:
+            annotate_on_dask(
+                client,
+                plan_groups(paths, annotator.normalization, annotator.speaker_of),
+                annotator.classifier.path.resolve(),
+                annotator.vad,
+                out_path,
+                metadata,
+                resume,
+                on_part=saved,
+                normalization=annotator.normalization,
+            )
+    except KeyboardInterrupt:
+        report.interrupted = True
+    _write_errors(report)
+    return report
+
+
+def _write_errors(report: BatchReport) -> None:
+    try:
+        write_errors(report.failures, report.errors_file)
+    except OSError as error:
+        raise OutputError(f"cannot write {report.errors_file}: {error.strerror or error}") from None

@@ -270,18 +270,26 @@ def read_labels_table(path: str | Path) -> list[LabelledClip]:
     return clips
 
 
-def _cell(row: dict, column: str) -> str | None:
-    """A cell as stripped text, or ``None`` when absent or empty."""
+def _cell(row: dict, column: str, where: str) -> str | None:
+    """A cell as stripped text, or ``None`` when absent or empty.
+
+    Raises
+    ------
+    DatasetError
+        If it holds something other than text or a number (a list, from Parquet).
+    """
     value = row.get(column)
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
+    if not np.isscalar(value):
+        raise DatasetError(f"{where}: {column} holds a {type(value).__name__}, not text")
     text = str(value).strip()
     return text or None
 
 
 def _table_row(table: Path, number: int, row: dict) -> LabelledClip:
     where = f"{table} row {number}"
-    recording, label = _cell(row, "path"), _cell(row, "label")
+    recording, label = _cell(row, "path", where), _cell(row, "label", where)
     if recording is None or label is None:
         raise DatasetError(f"{where}: empty {'path' if recording is None else 'label'}")
     audio = Path(os.path.normpath(table.parent / recording))  # an absolute path stays as it is
@@ -289,7 +297,7 @@ def _table_row(table: Path, number: int, row: dict) -> LabelledClip:
         raise DatasetError(f"{where}: recording {audio} not found")
     times = []
     for column in ("start_s", "end_s"):
-        text = _cell(row, column)
+        text = _cell(row, column, where)
         try:
             times.append(None if text is None else float(text))
         except ValueError:
@@ -299,10 +307,10 @@ def _table_row(table: Path, number: int, row: dict) -> LabelledClip:
         raise DatasetError(f"{where}: give both start_s and end_s, or neither")
     if start_s is not None and not 0 <= start_s < end_s:
         raise DatasetError(f"{where}: start_s {start_s} and end_s {end_s} do not make an interval")
-    split = _cell(row, "split")
+    split = _cell(row, "split", where)
     if split is not None and split.lower() not in SPLITS:
         raise DatasetError(f"{where}: split '{split}' is not one of {', '.join(SPLITS)}")
-    return LabelledClip(audio, label, _cell(row, "speaker"), start_s, end_s, split and split.lower())
+    return LabelledClip(audio, label, _cell(row, "speaker", where), start_s, end_s, split and split.lower())
 
 
 def _check_splits(table: Path, clips: list[LabelledClip]) -> None:
@@ -346,17 +354,18 @@ def load_clips(source: str | Path, layout: str | None = None) -> tuple[list[Labe
 
 
 def write_labels_table(clips: list[LabelledClip], path: str | Path) -> None:
-    """Write clips as a labels table (CSV or Parquet by suffix), paths relative to the table's folder
-    where they can be, atomically."""
+    """Write clips as a labels table (CSV or Parquet by suffix), atomically, paths relative to the
+    table's folder as the user named them (symbolic links kept, not followed: reading the table
+    joins them to its folder the same way)."""
     import pandas as pd
 
     from sercli.writers import atomic_output
 
     path = Path(path)
-    folder = path.resolve().parent
+    folder = os.path.abspath(path.parent)
     frame = pd.DataFrame(
         {
-            "path": [Path(os.path.relpath(c.path.resolve(), folder)).as_posix() for c in clips],
+            "path": [Path(os.path.relpath(os.path.abspath(c.path), folder)).as_posix() for c in clips],
             "label": [c.label for c in clips],
             "speaker": [c.speaker for c in clips],
             "start_s": [c.start_s for c in clips],

@@ -47,6 +47,16 @@ def part_names(
     return parts
 
 
+def dask_client(address: str, workers: int):
+    """A Dask client: of a local cluster of ``workers`` single-threaded processes (``address``
+    ``"local"``; the client stops it when closed), or of the scheduler at ``address``."""
+    from distributed import Client
+
+    if address == "local":
+        return Client(n_workers=workers, threads_per_worker=1, dashboard_address=None)
+    return Client(address)
+
+
 def annotate_on_dask(
     client,
     groups: list[RecordingGroup],

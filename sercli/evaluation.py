@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from sercli.audio import read_audio
-from sercli.datasets import LabelledClip, check_known_labels, clip_groups, label_order, natural_key
+from sercli.audio import AudioError, read_audio
+from sercli.datasets import LabelledClip, check_known_labels, clip_groups, label_order, load_clips, natural_key
 from sercli.features import FeatureConfig, mfcc, mfcc_windows
-from sercli.files import recording_key
+from sercli.files import path_text, recording_key
 from sercli.groups import SpeakerOf, plan_groups
 from sercli.normalization import FrameStats
 from sercli.pipeline import segment_frames
@@ -148,7 +148,7 @@ def normalization_groups(
         raise ValueError(f"normalization must be auto, speaker, folder, recording or none, not {normalization!r}")
     if speaker_of is None:
         known = {recording_key(clip.path): clip.speaker for clip in clips if clip.speaker is not None}
-        speaker_of = lambda path: known.get(recording_key(path))  # noqa: E731
+        speaker_of = lambda path: known.get(recording_key(path))
     paths = list(dict.fromkeys(clip.path for clip in clips))
     group_of = {
         recording_key(member.source): group.name
@@ -232,6 +232,15 @@ def iter_clips(clips: list[LabelledClip], sample_rate: int) -> Iterator[np.ndarr
         yield read_clip(clip, sample_rate, recording[1])
 
 
+class ClipError(ValueError):
+    """A clip that cannot be read; ``index`` is its position in the list, the message names its file
+    and the cause."""
+
+    def __init__(self, index: int, message: str):
+        super().__init__(message)
+        self.index = index
+
+
 def extract_features(
     clips: list[LabelledClip],
     features: FeatureConfig,
@@ -243,9 +252,19 @@ def extract_features(
 
     ``degrade``, when given, is applied to each whole clip (at the analysis rate)
     before VAD and features.
+
+    Raises
+    ------
+    ClipError
+        For the first clip that cannot be decoded.
     """
     frames = []
-    for index, (clip, signal) in enumerate(zip(clips, iter_clips(clips, features.sample_rate))):
+    signals = iter_clips(clips, features.sample_rate)
+    for index, clip in enumerate(clips):
+        try:
+            signal = next(signals)
+        except AudioError as error:
+            raise ClipError(index, f"{path_text(clip.path)}: {error}") from None
         if degrade is not None:
             signal = degrade(signal, index)
         segments = [f for _, f in segment_frames([signal], features, vad)]
@@ -410,7 +429,23 @@ def metrics_with_interval(
     groups = np.array(speakers, dtype=object) if all(s is not None for s in speakers) else None
     metrics["ua_ci95"] = list(bootstrap_ua_interval(true, predicted, groups, seed=seed)) if len(true) else None
     metrics["ua_ci95_resampled"] = "speakers" if groups is not None else "clips"
+    if groups is not None and len(set(speakers)) < 2:  # resampling one speaker says nothing about others
+        metrics["ua_ci95"], metrics["ua_ci95_resampled"] = None, "one speaker: no interval"
     return metrics
+
+
+def clip_key(clip: LabelledClip) -> tuple:
+    """What makes two labelled rows the same input: recording, part and speaker (not the label)."""
+    return (clip.path, clip.start_s, clip.end_s, clip.speaker)
+
+
+def unique_clips(clips: list[LabelledClip]) -> list[LabelledClip]:
+    """The clips without repeats (:func:`clip_key`), in first-seen order: features are computed and
+    scored once per input, however many rows name it."""
+    first: dict[tuple, LabelledClip] = {}
+    for clip in clips:
+        first.setdefault(clip_key(clip), clip)
+    return list(first.values())
 
 
 def evaluate_clips(
@@ -421,17 +456,106 @@ def evaluate_clips(
     seed: int = 0,
     prior: FrameStats | None = None,
     speaker_of: SpeakerOf | None = None,
+    rows: list[LabelledClip] | None = None,
 ) -> dict:
     """:func:`classification_metrics` of a window classifier on labelled clips, with a 95 % bootstrap
     interval on UA (``ua_ci95``; speakers resampled when the clips have speakers) and, with
-    ``by_speaker``, the metrics of each speaker's clips (``by_speaker``: speaker -> metrics)."""
+    ``by_speaker``, the metrics of each speaker's clips (``by_speaker``: speaker -> metrics).
+
+    ``rows``, when given, are the labelled rows scored, ``data`` holding their :func:`unique_clips`:
+    each row counts with its own label and its clip's prediction."""
     probabilities = clip_probabilities(predict(data.normalized(normalization, prior, speaker_of)), data)
     true, predicted = data.clip_labels, probabilities.argmax(axis=1)
-    metrics = metrics_with_interval(true, predicted, data.clips, data.labels, seed)
+    if rows is not None:
+        position = {clip_key(clip): i for i, clip in enumerate(data.clips)}
+        predicted = predicted[[position[clip_key(row)] for row in rows]]
+        true = np.array([data.labels.index(row.label) for row in rows])
+    rows = data.clips if rows is None else rows
+    metrics = metrics_with_interval(true, predicted, rows, data.labels, seed)
     if by_speaker:
-        of = clip_groups(data.clips)
+        of = clip_groups(rows)
         metrics["by_speaker"] = {
             speaker: classification_metrics(true[of == speaker], predicted[of == speaker], data.labels)
             for speaker in sorted(set(of), key=natural_key)
         }
     return metrics
+
+
+def evaluate_source(
+    source: str | Path,
+    classifier,
+    *,
+    layout: str | None = None,
+    normalization: str = "auto",
+    speaker_of: SpeakerOf | None = None,
+    by_speaker: bool = False,
+    log: Log = lambda _: None,
+) -> dict:
+    """Score a classifier on a labels table or corpus folder, as ``sercli evaluate`` does.
+
+    A table with a ``split`` column is scored on its ``test`` rows. Each distinct clip is
+    decoded and classified once, however many rows name it (:func:`unique_clips`); each row
+    counts with its own label.
+
+    Parameters
+    ----------
+    classifier : sercli.model.Classifier
+    normalization : str
+        For a model trained on normalised MFCCs (else ignored): as :func:`evaluate_clips`.
+
+    Returns
+    -------
+    dict
+        :func:`evaluate_clips`'s metrics, and ``warnings``: one line each for what makes the
+        figures mean less than they seem (test speakers the model was trained on).
+
+    Raises
+    ------
+    ValueError
+        One line: an unknown label, or a clip that cannot be decoded (naming the table's row).
+    """
+    source = Path(source)
+    clips, _ = load_clips(source, layout)
+    try:
+        check_known_labels(clips, classifier.card.labels)
+    except ValueError as error:
+        raise ValueError(f"{source}: {error}") from None
+    if any(clip.split == "test" for clip in clips):
+        clips = [clip for clip in clips if clip.split == "test"]
+        log(f"evaluating the {len(clips)} clips of the test split")
+    config = classifier.card.feature_config
+    unique = unique_clips(clips)
+    try:
+        data = extract_features(unique, config, VadConfig(), log=log)
+    except ClipError as error:
+        row = clips.index(unique[error.index]) + 1
+        raise ValueError(f"{source} row {row}: {error}" if source.is_file() else str(error)) from None
+    metrics = evaluate_clips(
+        classifier.predict_proba,
+        data.windows(config.window_frames, config.window_hop_frames, classifier.card.labels),
+        "none" if classifier.card.normalization == "none" else normalization,
+        by_speaker=by_speaker,
+        prior=classifier.card.prior,
+        speaker_of=speaker_of,
+        rows=clips,
+    )
+    metrics["warnings"] = _evaluation_warnings(clips, classifier.card, metrics)
+    return metrics
+
+
+def _evaluation_warnings(clips: list[LabelledClip], card, metrics: dict) -> list[str]:
+    """What makes an evaluation's figures mean less than they seem."""
+    warnings = []
+    trained = card.training.get("training_speakers", card.training.get("training_actors"))
+    if isinstance(trained, list):
+        known = {str(s).lstrip("0") for s in trained}
+        tested = sorted({c.speaker for c in clips if c.speaker is not None}, key=natural_key)
+        seen = [s for s in tested if s.lstrip("0") in known]
+        if seen:
+            warnings.append(
+                f"{len(seen)} of the {len(tested)} test speakers ({', '.join(seen[:8])}"
+                f"{', ...' if len(seen) > 8 else ''}) trained the model: these figures overstate it on new speakers"
+            )
+    if metrics["ua_ci95_resampled"].startswith("one speaker"):
+        warnings.append("every clip is of one speaker: no interval, and the figures may not hold for other speakers")
+    return warnings

@@ -73,7 +73,8 @@ def find_audio_files(
     -------
     list of Path
         Sorted, without duplicates (a file named twice, e.g. by a relative and an absolute path,
-        counts once: :func:`recording_key`). Broken links are kept so that they are reported.
+        counts once: :func:`recording_key`). Broken links, and folders that cannot be listed
+        (unless excluded), are kept so that they are reported.
 
     Raises
     ------
@@ -89,7 +90,13 @@ def find_audio_files(
         if not item.is_dir():
             found.add(item)
             continue
-        for folder, subfolders, names in os.walk(item, followlinks=True):
+
+        def unlisted(error: OSError, item: Path = item) -> None:
+            folder = Path(error.filename)
+            if not any(fnmatch(folder.relative_to(item).as_posix(), g) or fnmatch(folder.name, g) for g in exclude):
+                found.add(folder)
+
+        for folder, subfolders, names in os.walk(item, onerror=unlisted, followlinks=True):
             status = os.stat(folder)
             if (status.st_dev, status.st_ino) in visited:
                 subfolders.clear()

@@ -126,9 +126,13 @@ def plan_groups(
         speaker = speaker_of(path) if grouped_by_speaker and not in_memory else None
         if speaker is not None:
             name = f"speaker {speaker}"
-        elif normalization == "folder" and not in_memory:
-            name = f"folder {path_text(path.parent)}"
-        elif normalization in ("auto", "speaker") and not in_memory and duration_of(source) < AUTO_OWN_GROUP_S:
+        elif (
+            normalization == "folder"
+            and not in_memory
+            or normalization in ("auto", "speaker")
+            and not in_memory
+            and duration_of(source) < AUTO_OWN_GROUP_S
+        ):
             name = f"folder {path_text(path.parent)}"
         stats_only = not in_memory and recording_key(path) in done
         groups.setdefault(name, RecordingGroup(name)).members.append(Member(source, stats_only))

@@ -95,6 +95,23 @@ class ModelCard:
             return FrameStats.empty(self.feature_config.n_mfcc)
         return FrameStats.of_moments(prior["mean"], prior["std"], prior["frames"])
 
+    def headline(self) -> str | None:
+        """The figure the model is judged by, as a line: clip-level UA on speakers it never heard
+        from its 5-fold robustness table (clean clips, the model's own column), else from its
+        cross-validation; None when the card has neither."""
+        robustness = self.metrics.get("robustness_5fold")
+        if robustness:
+            ua = next(iter(robustness["unweighted_accuracy"].values()))["clean"]
+            return f"{ua:.3f} on clean clips ({robustness['protocol'].split(', clip-level')[0]})"
+        cv = self.metrics.get("cross_validation")
+        if cv:
+            pooled = cv["pooled"]
+            interval = (
+                f", 95 % CI {pooled['ua_ci95'][0]:.3f}-{pooled['ua_ci95'][1]:.3f}" if pooled.get("ua_ci95") else ""
+            )
+            return f"{pooled['unweighted_accuracy']:.3f} ({len(cv['folds'])}-fold cross-validation{interval})"
+        return None
+
     def write(self, path: str | Path) -> None:
         """Write the card as indented JSON."""
         Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")
@@ -246,7 +263,11 @@ def load_classifier(model_path: str | Path, threads: int | None = None) -> Class
     ModelError
         If either file is missing or unusable, or the model's input and output
         shapes do not match the card.
+    ValueError
+        If ``threads`` is not a positive integer.
     """
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads must be a positive integer, not {threads!r}")
     model_path = Path(model_path)
     if not model_path.is_file():
         raise ModelError(f"model file {model_path} not found")

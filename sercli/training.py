@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import platform
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import tensorflow as tf
 
 from sercli import __version__
 from sercli.architecture import build_cnn_bilstm, fine_tuning_model
+from sercli.audio import AudioError
 from sercli.augment import AugmentConfig, random_degradation
 from sercli.datasets import (
     DatasetError,
@@ -31,6 +33,7 @@ from sercli.datasets import (
     corpus_speakers,
     label_counts,
     label_order,
+    load_clips,
     natural_key,
     validation_speakers,
 )
@@ -49,7 +52,7 @@ from sercli.evaluation import (
 )
 from sercli.export import save_model
 from sercli.features import FeatureConfig
-from sercli.model import ModelCard, ModelError, file_sha256
+from sercli.model import ModelCard, ModelError, bundled_model_path, file_sha256
 from sercli.normalization import PRIOR_FRAMES, FrameStats
 from sercli.vad import VadConfig
 from sercli.writers import atomic_output
@@ -70,8 +73,9 @@ class TrainConfig:
         UA of the first epochs is noise, and a chance-level first epoch once stopped
         a multi-condition run at epoch 7.
     batch_size : int
-    learning_rate : float
-        Adam's initial learning rate.
+    learning_rate : float or None
+        Adam's initial learning rate; None: 1e-3 training afresh,
+        :data:`FINE_TUNING_LEARNING_RATE` fine-tuning.
     seed : int
         Seeds weights, shuffling, degradations and normalisation groups.
     normalization : str
@@ -109,7 +113,7 @@ class TrainConfig:
     patience: int = 6
     min_epochs: int = 10
     batch_size: int = 64
-    learning_rate: float = 1e-3
+    learning_rate: float | None = None
     seed: int = 0
     normalization: str = "speaker"
     prior_frames: int = PRIOR_FRAMES
@@ -127,9 +131,16 @@ class TrainConfig:
 
 
 TRAIN_NORMALIZATIONS = ("speaker", "none")
+LEARNING_RATE = 1e-3
+"""Adam's learning rate training afresh."""
 FINE_TUNING_LEARNING_RATE = 3e-4
 """Adam's learning rate when fine-tuning a trained model: a third of training afresh, so
 the first epochs on a few hundred clips do not undo what the model knows."""
+
+
+def learning_rate(config: TrainConfig, base: BaseModel | None) -> float:
+    """Adam's learning rate: ``config``'s, else the default for training afresh or fine-tuning ``base``."""
+    return config.learning_rate or (LEARNING_RATE if base is None else FINE_TUNING_LEARNING_RATE)
 
 
 @dataclass
@@ -201,7 +212,7 @@ def fit(
     averaged = config.ema_momentum is not None
     model.compile(
         optimizer=keras.optimizers.Adam(
-            config.learning_rate, use_ema=averaged, ema_momentum=config.ema_momentum if averaged else 0.99
+            learning_rate(config, base), use_ema=averaged, ema_momentum=config.ema_momentum if averaged else 0.99
         ),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
@@ -533,7 +544,7 @@ class _TrainingBatches(keras.utils.PyDataset):
     def _split(self, members: np.ndarray, groups: np.ndarray, count: int) -> int:
         """Label ``members`` in consecutive groups of log-uniform sizes from 1 to all; the next free label."""
         while len(members):
-            size = int(round(np.exp(self.rng.uniform(0.0, np.log(len(members))))))
+            size = round(np.exp(self.rng.uniform(0.0, np.log(len(members)))))
             groups[members[:size]], count = count, count + 1
             members = members[size:]
         return count
@@ -700,6 +711,7 @@ def train_model(
     ModelError
         If ``base`` was trained on other features or another normalisation.
     """
+    config = replace(config, learning_rate=learning_rate(config, base))  # as the card records it
     if base is not None:
         if base.card.feature_config != features:
             raise ModelError(f"{base.path} was trained on other features ({base.card.features})")
@@ -756,6 +768,59 @@ def train_model(
     if cv_folds:
         checkpoint.unlink(missing_ok=True)
     return card
+
+
+def train_sources(
+    sources: Sequence[str | Path],
+    output: str | Path,
+    config: TrainConfig | None = None,
+    *,
+    layout: str | None = None,
+    base: str | Path | None = None,
+    validation: Sequence[str] = (),
+    cv_folds: int = 5,
+    cache: Path | None = None,
+    log: Log = lambda _: None,
+) -> ModelCard:
+    """Train on labels tables and corpus folders, as ``sercli train`` does (:func:`train_model`).
+
+    Parameters
+    ----------
+    sources : sequence of str or Path
+        Labels tables (``.csv``/``.parquet``) and corpus folders (:func:`sercli.datasets.load_clips`,
+        ``layout`` for the folders); several corpora are balanced and every fold tests each.
+    base : str or Path, optional
+        Fine-tune this ``.keras`` model, or ``"bundled"``; its features are used.
+
+    Raises
+    ------
+    ValueError
+        One line: a source or label that cannot be used (a training error names the sources);
+        ``ModelError`` for a base model that cannot be.
+    """
+    config = config or TrainConfig()
+    starting_point = None
+    if base is not None:
+        starting_point = BaseModel.load(bundled_model_path(".keras") if str(base) == "bundled" else Path(base))
+    loaded = [load_clips(source, layout) for source in sources]
+    clips = [clip for found, _ in loaded for clip in found]
+    features = FeatureConfig() if starting_point is None else starting_point.card.feature_config
+    try:
+        return train_model(
+            clips,
+            Path(output),
+            features,
+            VadConfig(),
+            config,
+            list(validation),
+            cv_folds,
+            cache,
+            log,
+            starting_point,
+            " + ".join(description for _, description in loaded),
+        )
+    except (ValueError, AudioError) as error:
+        raise ValueError(f"{' + '.join(map(str, sources))}: {error}") from None
 
 
 def _fixed_split(clips: list[LabelledClip], validation: list[str], cv_folds: int, log: Log) -> dict | None:

@@ -71,6 +71,16 @@ class VadConfig:
             raise ValueError(f"VAD aggressiveness must be 0, 1, 2 or 3, not {self.aggressiveness}")
         if self.frame_ms not in VAD_FRAME_MS:
             raise ValueError(f"VAD frame must be 10, 20 or 30 ms, not {self.frame_ms}")
+        seconds = {
+            "min speech": self.min_speech_s,
+            "min silence": self.min_silence_s,
+            "padding": self.padding_s,
+            "max segment": self.max_segment_s,
+            "trim": self.trim_db,
+        }
+        for name, value in seconds.items():
+            if not math.isfinite(value):
+                raise ValueError(f"{name} must be a number, not {value}")
         if min(self.min_speech_s, self.min_silence_s, self.padding_s) < 0:
             raise ValueError("min speech, min silence and padding must be >= 0 seconds")
         if self.max_segment_s <= max(self.min_speech_s, 2 * self.frame_ms / 1000):

@@ -125,14 +125,24 @@ def sort_results(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.sort_values(["path", "start_s", "segment"], kind="stable", ignore_index=True)
 
 
-def read_results(path: str | Path) -> pd.DataFrame:
+def read_results(path: str | Path, cut_off: str = "refuse") -> pd.DataFrame:
     """Read a results table written by :func:`write_results` (CSV or Parquet).
+
+    Parameters
+    ----------
+    cut_off : str
+        What to do with a CSV that does not end with a line break, i.e. was cut off in
+        the middle of a row: ``refuse`` (raise) or ``drop`` that row and every row of the
+        last complete row's recording (they may go on past the cut), to annotate again.
 
     Raises
     ------
     ValueError
-        If the file is not a results table.
+        If the file is not a results table, or is cut off and ``cut_off`` is ``refuse``.
     """
+    cut = table_format(path) == "csv" and _ends_mid_line(path)
+    if cut and cut_off == "refuse":
+        raise ValueError(f"{path} ends in the middle of a row (cut off?): resume the run that wrote it to repair it")
     try:
         if table_format(path) == "parquet":
             frame = pd.read_parquet(path)
@@ -142,7 +152,22 @@ def read_results(path: str | Path) -> pd.DataFrame:
             )
     except (OSError, pd.errors.ParserError, pa.ArrowInvalid) as error:
         raise ValueError(f"cannot read {path}: {str(error).splitlines()[0]}") from None
+    if cut and len(frame):
+        frame = frame.iloc[:-1]
+        frame = frame[frame["path"] != frame["path"].iloc[-1]] if len(frame) else frame
     return conform(frame)
+
+
+def _ends_mid_line(path: str | Path) -> bool:
+    """Whether a non-empty file's last byte is not a line break."""
+    try:
+        with open(path, "rb") as handle:
+            if handle.seek(0, os.SEEK_END) == 0:
+                return False
+            handle.seek(-1, os.SEEK_END)
+            return handle.read(1) != b"\n"
+    except OSError:
+        return False  # reading the table will say why
 
 
 def write_csv(frame: pd.DataFrame, handle: TextIO, header: bool = True) -> None:
@@ -235,10 +260,14 @@ def write_labels(frame: pd.DataFrame, folder: str | Path, label_format: str, ove
     folder = Path(folder)
     if folder.suffix.lower() in TABLE_SUFFIXES:
         raise ValueError(f"{folder} looks like a table: --labels writes label files into a folder")
-    paths = frame["path"].unique()
-    root = Path(os.path.commonpath([str(Path(p).parent) for p in paths])) if len(paths) else Path()
+    # absolute paths, so that rows like ../../x.wav still land inside the folder
+    paths = [os.path.abspath(p) for p in frame["path"].unique()]
+    root = Path(os.path.commonpath([os.path.dirname(p) for p in paths])) if paths else Path()
     labelled = list(frame[frame["label"].notna()].groupby("path", sort=True))
-    targets = [folder / Path(path).relative_to(root).with_suffix(LABEL_FORMATS[label_format]) for path, _ in labelled]
+    targets = [
+        folder / Path(os.path.abspath(path)).relative_to(root).with_suffix(LABEL_FORMATS[label_format])
+        for path, _ in labelled
+    ]
     existing = [t for t in targets if t.exists()]
     if existing and not overwrite:
         raise ValueError(f"{existing[0]} exists ({len(existing)} label files would be replaced): pass --overwrite")
@@ -248,13 +277,13 @@ def write_labels(frame: pd.DataFrame, folder: str | Path, label_format: str, ove
         if label_format == "audacity":
             text = _audacity(intervals)
         else:
-            text = _textgrid(intervals, _recording_length(path, float(rows["end_s"].max())))
+            text = _textgrid(intervals, recording_length(path, float(rows["end_s"].max())))
         with atomic_output(target) as partial:
             partial.write_text(text, encoding="utf-8")
     return targets
 
 
-def _recording_length(path: str, fallback_s: float) -> float:
+def recording_length(path: str, fallback_s: float) -> float:
     """The recording's length in seconds from its header, or ``fallback_s`` when it cannot be read."""
     from sercli.audio import AudioError, audio_info
 

@@ -180,6 +180,16 @@ def test_written_tables_read_back_the_same_clips(table_folder, tmp_path):
     assert read_labels_table(out) == clips
 
 
+def test_a_folder_of_symbolic_links_keeps_the_names_the_user_gave(table_folder, tmp_path):
+    corpus = tmp_path / "corpus" / "calm"
+    corpus.mkdir(parents=True)
+    (corpus / "clip.wav").symlink_to(table_folder / "audio" / "a.wav")  # a curated folder of links
+    out = tmp_path / "corpus" / "labels.csv"
+    write_labels_table([LabelledClip(corpus / "clip.wav", "calm")], out)
+    assert pd.read_csv(out)["path"].tolist() == ["calm/clip.wav"]
+    assert read_labels_table(out)[0].path == corpus / "clip.wav"
+
+
 def test_label_order_puts_ravdess_emotions_first_in_their_order():
     assert label_order({"sad", "bored", "angry", "neutral", "anxious"}) == [
         "neutral",

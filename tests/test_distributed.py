@@ -82,7 +82,9 @@ def test_auto_groups_on_dask_give_the_rows_and_groups_of_a_local_run(recordings,
     with cluster, distributed.Client(cluster) as client:
         annotate_on_dask(client, groups, normalized_model, VadConfig(), tmp_path / "d", {}, files_per_part=2)
     rows = sort_results(conform(pd.read_parquet(tmp_path / "d")))
-    expected = sort_results(results_frame([r for o in local for r in o.rows], load_classifier(normalized_model).card.labels))
+    expected = sort_results(
+        results_frame([r for o in local for r in o.rows], load_classifier(normalized_model).card.labels)
+    )
     pd.testing.assert_frame_equal(rows, expected, atol=1e-5)
     written = {}
     for part in (tmp_path / "d").glob("*.parquet"):

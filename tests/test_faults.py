@@ -213,7 +213,7 @@ def test_interrupted_run_keeps_whole_files_and_resume_completes_without_duplicat
     command = [sys.executable, "-m", "sercli", "annotate", many, "-o", out, "-m", random_model.with_suffix(".tflite")]
     # A background job inherits SIGINT ignored, and Python then keeps ignoring it: restore the default.
     process = subprocess.Popen(
-        [*map(str, command), "--checkpoint-every", "0"],
+        [*map(str, command), "--checkpoint-every", "0.001"],
         stderr=subprocess.PIPE,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509 - no threads yet
     )
@@ -300,11 +300,13 @@ def test_a_second_writer_on_the_same_output_is_refused(many, random_model, tmp_p
     import fcntl
 
     out = tmp_path / "results.csv"
-    with open(tmp_path / "results.csv.lock", "a") as lock:
+    with open(tmp_path / ".results.csv.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running sercli holds it
         result = sercli("annotate", many, "-o", out, "-m", random_model.with_suffix(".tflite"), code=1)
     assert "another sercli run is writing" in result.stderr
     assert not out.exists()
+    sercli("annotate", many, "-o", out, "-m", random_model.with_suffix(".tflite"))
+    assert out.exists() and not list(tmp_path.glob(".*.lock")), "the lock file goes with the run"
 
 
 @pytest.mark.parametrize("case", ["missing folder", "directory"])

@@ -46,7 +46,7 @@ def test_auto_gives_long_recordings_their_own_group_and_pools_short_ones_by_fold
 
 def test_other_modes_group_by_what_they_name():
     paths = [Path("a/1.wav"), Path("b/2.wav"), Path("a/3.wav")]
-    short = lambda _: 1.0  # noqa: E731
+    short = lambda _: 1.0
     assert names(plan_groups(paths, "folder", duration_of=short)) == {
         "folder a": ["1.wav", "3.wav"],
         "folder b": ["2.wav"],
@@ -133,8 +133,8 @@ def rows_of(outcomes):
 
 
 def test_a_group_is_standardised_over_all_its_speech_plus_the_prior(clips_folder, classifier):
-    from sercli.pipeline import segment_windows
     from sercli.audio import read_audio
+    from sercli.pipeline import segment_windows
 
     paths = sorted((clips_folder / "quiet").glob("*.wav"))
     outcomes = list(annotate_files(paths, classifier, VadConfig()))  # auto: three short clips, one group

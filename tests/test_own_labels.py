@@ -54,6 +54,7 @@ def own_model(table, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_the_output_layer_and_card_follow_the_table_labels(own_model):
     card = ModelCard.read(card_path(own_model))
     assert card.labels == ["fast", "medium", "slow"]
@@ -64,6 +65,7 @@ def test_the_output_layer_and_card_follow_the_table_labels(own_model):
     assert list(card.metrics["cross_validation"]["pooled"]["per_class_recall"]) == card.labels
 
 
+@pytest.mark.slow
 def test_annotate_writes_a_probability_column_per_model_label(own_model, ravdess, tmp_path):
     out = tmp_path / "rows.parquet"
     sercli("annotate", ravdess / "Actor_01", "--model", own_model.with_suffix(".tflite"), "-o", out, "-q")
@@ -79,6 +81,7 @@ def test_annotate_writes_a_probability_column_per_model_label(own_model, ravdess
     assert (tmp_path / "plots" / "batch.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_evaluate_gives_ua_with_a_bootstrap_interval_and_per_speaker_figures(own_model, table, tmp_path):
     plot = tmp_path / "confusion.png"
     result = sercli("evaluate", table, "--model", own_model, "--by", "speaker", "--json", "--plot", plot)
@@ -93,6 +96,7 @@ def test_evaluate_gives_ua_with_a_bootstrap_interval_and_per_speaker_figures(own
     assert "95 % CI" in printed and "by speaker" in printed and "actor04" in printed
 
 
+@pytest.mark.slow
 def test_a_fixed_split_is_used_and_evaluate_takes_its_test_rows(table, tmp_path):
     frame = pd.read_csv(table)
     frame["path"] = [str((table.parent / p).resolve()) for p in frame["path"]]
@@ -145,6 +149,7 @@ def conv_kernels(model) -> list[np.ndarray]:
     return [layer.get_weights()[0] for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
 
 
+@pytest.mark.slow
 def test_fine_tuning_the_bundled_model_on_new_labels_gets_a_new_head(table, tmp_path):
     out = tmp_path / "tuned.keras"
     sercli(
@@ -179,6 +184,7 @@ def test_fine_tuning_the_bundled_model_on_new_labels_gets_a_new_head(table, tmp_
     assert not np.array_equal(before, after) and np.corrcoef(before.ravel(), after.ravel())[0, 1] > 0.9
 
 
+@pytest.mark.slow
 def test_fine_tuning_on_the_same_labels_keeps_the_head(ravdess, tmp_path):
     out = tmp_path / "same.keras"
     sercli("train", ravdess, "--from", "bundled", "-o", out, "--cv-folds", "0", "--epochs", "1", "--variants", "0")

@@ -12,6 +12,9 @@ from sercli.vad import VadConfig
 CONDITIONS = ["clean", "white 10 dB", "babble 10 dB", "telephone", "reverb 0.3 s", "gain -20 dB"]
 
 
+pytestmark = pytest.mark.slow  # the benchmark: several models per condition
+
+
 @pytest.fixture(scope="module")
 def table(ravdess, normalized_model, tmp_path_factory):
     pytest.importorskip("opensmile")

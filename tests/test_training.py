@@ -63,6 +63,7 @@ def test_both_wav_and_flac_clips_are_found(ravdess):
     assert {c.path.suffix for c in clips} == {".wav", ".flac"}
 
 
+@pytest.mark.slow
 def test_train_cross_validates_by_actor_and_writes_model_and_card(ravdess, tmp_path):
     out = tmp_path / "tiny.keras"
     result = sercli("train", ravdess, "-o", out, "--cv-folds", "2", "--epochs", "1", "--batch-size", "16")
@@ -112,6 +113,7 @@ def test_train_cross_validates_by_actor_and_writes_model_and_card(ravdess, tmp_p
     assert "| clean | " in table and "| telephone | " in table
 
 
+@pytest.mark.slow
 def test_train_with_validation_speakers_reports_their_metrics(ravdess, tmp_path):
     out = tmp_path / "val.keras"
     sercli("train", ravdess, "-o", out, "--cv-folds", "0", "--epochs", "1", "--val-speakers", "4")
@@ -179,6 +181,7 @@ def test_training_commands_name_the_extra_when_tensorflow_is_missing(tmp_path, r
     assert result.returncode == 0 and len(result.stdout.splitlines()) > 8
 
 
+@pytest.mark.slow
 def test_weight_averaging_returns_the_average_with_and_without_validation(ravdess):
     """Momentum 1 freezes the average at the weights after the first batch: one epoch or two give the same
     model, early stopping included; without averaging, the second epoch changes the weights."""
@@ -204,6 +207,7 @@ def test_weight_averaging_returns_the_average_with_and_without_validation(ravdes
     assert same(trained(1, 1.0, validation), trained(2, 1.0, validation))
 
 
+@pytest.mark.slow
 def test_cv_spread_scores_folds_speakers_and_every_test_set(ravdess, tmp_path):
     """Actors 01 and 02 all right, 03 and 04 all wrong: known figures at every level."""
     clips = find_clips(ravdess, "ravdess")
