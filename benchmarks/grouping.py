@@ -2,6 +2,10 @@
 their clean test clips standardised in groups of every size, alone or pooled with other speakers.
 
     python benchmarks/grouping.py ../shared/ravdess runs/speaker-multi-ema-seed0-2fold.cv --folds 2
+    python benchmarks/grouping.py ../shared/ravdess ../shared/nemo runs/speaker-multi-ema-seed0-nemo-2fold.cv --folds 2
+
+With several corpora (as ``benchmarks/training_options.py`` was given them, in the same order), the folds
+are the ones it trained (:func:`sercli.datasets.corpus_folds`) and UA is also given per corpus.
 
 Rows: one speaker's clips in random groups of N clips (N = 1 is each clip alone, ``all`` the whole
 speaker), and clips of the fold's test speakers pooled at random in groups of N (``all``: the whole
@@ -19,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from robustness import keras_predictors
 
-from sercli.datasets import clip_groups, find_clips, natural_key, speaker_folds
+from sercli.datasets import clip_groups, corpus_folds, find_clips, natural_key
 from sercli.evaluation import cached_features, classification_metrics, clip_probabilities, standardize_groups
 from sercli.features import FeatureConfig
 from sercli.vad import VadConfig
@@ -38,26 +42,30 @@ def random_groups(members: np.ndarray, size: int | None, rng: np.random.Generato
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("ravdess", type=Path)
-    parser.add_argument("folds_folder", type=Path, help="a cross-validation's fold models (fold-<k>.keras)")
+    parser.add_argument("corpora", type=Path, nargs="+", help="corpus folders, then a cross-validation's fold models")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--cache", type=Path, default=Path("runs/cache"))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    *corpora, folds_folder = args.corpora
     features = FeatureConfig()
-    clips = find_clips(args.ravdess, "ravdess")
+    clips = [clip for corpus in corpora for clip in find_clips(corpus)]
     data = cached_features(args.cache, {"variant": 0}, clips, features, VadConfig()).windows(
         features.window_frames, features.window_hop_frames
     )
-    folds = speaker_folds([c.speaker for c in clips], args.folds)
-    predictors, priors = keras_predictors(args.folds_folder, args.folds)
-    print(f"{args.folds}-fold fold models of {args.folds_folder}, clean test clips, clip-level UA (seed {args.seed})\n")
-    print("| grouping | clips per group | speech per group (s) | UA | neutral | happy | sad |")
-    print("|---|---|---|---|---|---|---|")
+    folds = corpus_folds(clips, args.folds)
+    names = list(dict.fromkeys(clip.corpus for clip in clips))
+    predictors, priors = keras_predictors(folds_folder, args.folds)
+    print(f"{args.folds}-fold fold models of {folds_folder}, clean test clips, clip-level UA (seed {args.seed})\n")
+    by_corpus = " | ".join(f"UA {name}" for name in names) if len(names) > 1 else ""
+    print(
+        f"| grouping | clips per group | speech per group (s) | UA | neutral | happy | sad |{by_corpus and ' ' + by_corpus + ' |'}"
+    )
+    print("|---|---|---|---|---|---|---|" + "---|" * (len(names) if by_corpus else 0))
     for pooled in (False, True):
         for size in SIZES:
             rng = np.random.default_rng(args.seed)
-            true, predicted, seconds = [], [], []
+            true, predicted, seconds, corpus = [], [], [], []
             for k, test_speakers in enumerate(folds):
                 test = data.for_speakers(test_speakers)
                 speakers = clip_groups(test.clips)
@@ -71,14 +79,18 @@ def main() -> None:
                 x = standardize_groups(test.windows, test.clip_index, test.clip_stats, groups, priors[k])
                 predicted.append(clip_probabilities(predictors[k](x), test).argmax(axis=1))
                 true.append(test.clip_labels)
+                corpus += [clip.corpus for clip in test.clips]
                 clip_seconds = test.clip_stats[:, 0, 0] * features.hop_length / features.sample_rate
                 seconds += [clip_seconds[groups == g].sum() for g in np.unique(groups)]
-            metrics = classification_metrics(np.concatenate(true), np.concatenate(predicted), data.labels)
+            true, predicted, corpus = np.concatenate(true), np.concatenate(predicted), np.array(corpus)
+            metrics = classification_metrics(true, predicted, data.labels)
             recall = metrics["per_class_recall"]
+            each = [classification_metrics(true[corpus == n], predicted[corpus == n], data.labels) for n in names]
+            per_corpus = "".join(f" {m['unweighted_accuracy']:.3f} |" for m in each) if by_corpus else ""
             print(
                 f"| {'several speakers' if pooled else 'one speaker'} | {size or 'all'} | {np.mean(seconds):.0f} "
                 f"| {metrics['unweighted_accuracy']:.3f} | {recall['neutral']:.2f} | {recall['happy']:.2f} "
-                f"| {recall['sad']:.2f} |",
+                f"| {recall['sad']:.2f} |{per_corpus}",
                 flush=True,
             )
 

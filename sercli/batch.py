@@ -30,7 +30,7 @@ import pandas as pd
 from sercli import EMOTIONS, __version__
 from sercli.files import find_audio_files, path_text, recording_key
 from sercli.groups import SpeakerOf, plan_groups
-from sercli.model import Classifier, file_sha256
+from sercli.model import Classifier, card_path, file_sha256
 from sercli.pipeline import FileOutcome, annotate_files
 from sercli.vad import VadConfig
 from sercli.writers import (
@@ -375,11 +375,17 @@ class BatchReport:
 
 
 def run_metadata(annotator: Annotator, inputs: Sequence[str | Path]) -> dict:
-    """What a results file records of the run that made it: the model (its file's SHA-256), the
-    settings that must match to resume it (:data:`RESUME_KEYS`), sercli's version and the inputs."""
-    card = annotator.classifier.card
+    """What a results file records of the run that made it: the model (the SHA-256 of its file and of
+    its card, which holds its labels and normalisation prior), the settings that must match to resume it
+    (:data:`RESUME_KEYS`), sercli's version and the inputs."""
+    card, path = annotator.classifier.card, annotator.classifier.path
     return {
-        "model": {"name": card.name, "version": card.version, "sha256": file_sha256(annotator.classifier.path)},
+        "model": {
+            "name": card.name,
+            "version": card.version,
+            "sha256": file_sha256(path),
+            "card_sha256": file_sha256(card_path(path)),
+        },
         "sercli_version": __version__,
         "vad": annotator.vad.__dict__,
         "features": card.features,

@@ -18,7 +18,10 @@ def test_bundled_model_is_shipped_with_a_complete_card():
     assert tested == list(range(1, 21))
     assert set(cross_validation["pooled"]["per_class_recall"]) == set(EMOTIONS)
     assert "CC BY-NC-SA 4.0" in card.training["data"]
-    assert card.normalization == "speaker"  # annotate standardises per recording by default
+    assert card.normalization == "speaker"  # annotate standardises over groups of speech (auto by default)
+    prior = card.prior  # the training speech's statistics, added to every group's
+    assert prior.count == 1000 and prior.mean.shape == (40,) and (prior.std > 0).all()
+    assert "scripts/add_card_prior.py" in card.training["normalization_prior"]
     robustness = card.metrics["robustness_2fold"]["unweighted_accuracy"]
     assert set(robustness["bundled"]) >= {"clean", "white 10 dB", "telephone", "babble 10 dB", "reverb 0.9 s"}
     assert "benchmarks/robustness.py" in card.metrics["robustness_2fold"]["command"]

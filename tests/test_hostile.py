@@ -341,7 +341,7 @@ def test_a_symlinked_output_name_shares_the_lock(folder, model, tmp_path):
     one_line_error(result, "another sercli run is writing")
 
 
-def test_resume_refuses_a_changed_model_file_with_the_same_card(folder, model, tmp_path):
+def test_resume_refuses_a_changed_model_file_or_card(folder, model, tmp_path):
     copy = tmp_path / "model.tflite"
     data = bytearray(model.read_bytes())
     copy.write_bytes(bytes(data))
@@ -353,6 +353,12 @@ def test_resume_refuses_a_changed_model_file_with_the_same_card(folder, model, t
     copy.write_bytes(bytes(data))
     result = sercli("annotate", folder, "-o", out, "-m", copy, "--resume", code=1)
     one_line_error(result, "other model", "sha256")
+    copy.write_bytes(model.read_bytes())  # the weights as they were, but the card given a prior
+    card = json.loads(model.with_suffix(".json").read_text())
+    card["normalization_prior"] = {"frames": 1000, "mean": [0.0] * 40, "std": [1.0] * 40}
+    copy.with_suffix(".json").write_text(json.dumps(card))
+    result = sercli("annotate", folder, "-o", out, "-m", copy, "--resume", code=1)
+    one_line_error(result, "other model", "card_sha256")
 
 
 # --- unclear messages ---------------------------------------------------------------------------
