@@ -70,6 +70,12 @@ def random_model(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tflite_model(random_model) -> Path:
+    """The random model's LiteRT export, as ``annotate`` runs it by default."""
+    return random_model.with_suffix(".tflite")
+
+
+@pytest.fixture(scope="session")
 def normalized_model(tmp_path_factory) -> Path:
     """A random model whose card says it was trained on speaker-normalised MFCCs (LiteRT export)."""
     return make_random_model(tmp_path_factory.mktemp("model"), "normalized", "speaker").with_suffix(".tflite")
@@ -113,6 +119,13 @@ def speech_with_silences(utterances: list[np.ndarray], silence_s: float = 1.0, l
         cursor += len(utterance) / ESPEAK_RATE + silence_s
         pieces.append(np.zeros(int(silence_s * ESPEAK_RATE), np.float32))
     return np.concatenate(pieces), spans
+
+
+@pytest.fixture(scope="session")
+def speech_16k(utterances) -> np.ndarray:
+    """The three utterances with 1 s silences between them, at 16 kHz."""
+    signal, _ = speech_with_silences(utterances, silence_s=1.0)
+    return soxr.resample(signal, ESPEAK_RATE, 16000).astype(np.float32)
 
 
 @pytest.fixture(scope="session")
