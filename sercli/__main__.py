@@ -36,7 +36,14 @@ def _interrupted(_signum, _frame) -> None:
 
 def _drop_decoder_chatter() -> None:
     """Route file descriptor 2 through a pipe that drops libmpg123's lines; Python's own stderr
-    writes to the terminal directly."""
+    writes to the terminal directly. Started with stderr closed (``2>&-``), messages go to /dev/null
+    and the work goes on."""
+    if sys.stderr is None:
+        null = os.open(os.devnull, os.O_WRONLY)  # descriptor 2 itself when 2 is the lowest free one
+        if null != 2:
+            os.dup2(null, 2)
+            os.close(null)
+        sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
     terminal = os.dup(2)
     read, write = os.pipe()
     os.dup2(write, 2)

@@ -421,3 +421,15 @@ def test_damaged_mp3_frames_add_no_decoder_chatter_to_stderr(tmp_path, speech_16
     result = sercli("annotate", tmp_path, "-m", tflite_model, "-q")
     assert result.stderr == ""
     assert set(pd.read_csv(io.StringIO(result.stdout))["path"].map(os.path.basename)) == {"clean.mp3", "damaged.mp3"}
+
+
+def test_a_closed_stderr_does_not_stop_the_work(folder, tflite_model):
+    result = subprocess.run(
+        [sys.executable, "-m", "sercli", "annotate", str(folder), "-m", str(tflite_model)],
+        stdout=subprocess.PIPE,
+        text=True,
+        check=False,
+        preexec_fn=lambda: os.close(2),  # as `sercli ... 2>&-`
+    )
+    assert result.returncode == 0
+    assert pd.read_csv(io.StringIO(result.stdout))["path"].nunique() == 6
