@@ -368,6 +368,10 @@ class BatchReport:
     output: Path | None = None
     errors_file: Path | None = None
 
+    def record(self, outcome: FileOutcome) -> None:
+        """Count a recording whose rows are saved (or that failed), its rows dropped."""
+        (self.annotated if outcome.error is None else self.failures).append(replace(outcome, rows=[]))
+
     @property
     def audio_s(self) -> float:
         """Seconds of audio this run went through, failed recordings included."""
@@ -477,7 +481,7 @@ def annotate_batch(
             on_start(report.todo)
 
             def saved(outcome: FileOutcome) -> None:
-                (report.annotated if outcome.error is None else report.failures).append(replace(outcome, rows=[]))
+                report.record(outcome)
                 on_outcome(outcome)
 
             try:
@@ -512,7 +516,7 @@ def _annotate_on_dask(paths, annotator, out_path, metadata, overwrite, resume, w
 
     def saved(outcomes: list[FileOutcome]) -> None:
         for outcome in outcomes:
-            (report.annotated if outcome.error is None else report.failures).append(outcome)
+            report.record(outcome)
             on_outcome(outcome)
 
     try:

@@ -575,13 +575,11 @@ def plot(
     from sercli.writers import read_results
 
     try:
-        from sercli.plots import check_plottable, write_plots
+        from sercli.plots import write_plots
     except ImportError:
         raise fail("plots need matplotlib: pip install 'sercli[plot]'") from None
     try:
-        table = read_results(results)
-        check_plottable(table, str(results))
-        written = write_plots(table, output)
+        written = write_plots(read_results(results), output, str(results))
     except (ValueError, OSError) as error:
         raise fail(str(error)) from None
     console.print(f"wrote {len(written)} pictures into {output} (batch.png first)")

@@ -126,12 +126,9 @@ def plan_groups(
         speaker = speaker_of(path) if grouped_by_speaker and not in_memory else None
         if speaker is not None:
             name = f"speaker {speaker}"
-        elif (
+        elif not in_memory and (
             normalization == "folder"
-            and not in_memory
-            or normalization in ("auto", "speaker")
-            and not in_memory
-            and duration_of(source) < AUTO_OWN_GROUP_S
+            or (normalization in ("auto", "speaker") and duration_of(source) < AUTO_OWN_GROUP_S)
         ):
             name = f"folder {path_text(path.parent)}"
         stats_only = not in_memory and recording_key(path) in done

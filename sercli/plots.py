@@ -139,8 +139,10 @@ def batch_chart(frame: pd.DataFrame):
     return figure
 
 
-def write_plots(frame: pd.DataFrame, folder: str | Path) -> list[Path]:
+def write_plots(frame: pd.DataFrame, folder: str | Path, name: str = "the table") -> list[Path]:
     """Write ``batch.png`` and one ``<recording>.png`` timeline per recording into ``folder``.
+
+    ``name`` is what :func:`check_plottable`'s error calls the table.
 
     Returns
     -------
@@ -149,7 +151,7 @@ def write_plots(frame: pd.DataFrame, folder: str | Path) -> list[Path]:
     """
     matplotlib.use("Agg")  # files only, no window
 
-    check_plottable(frame)
+    check_plottable(frame, name)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     written = [_save(batch_chart(frame), folder / "batch.png")]
