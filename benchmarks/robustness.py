@@ -52,9 +52,10 @@ def main() -> None:
         "--cnn",
         action="append",
         default=[],
-        metavar="NAME=FOLDER[:GROUPING]",
+        metavar="NAME=FOLDER[:GROUPING][+head]",
         help="fold models of a cross-validation; test clips standardised per speaker (default), "
-        "mixed (a fold's test clips together: a folder of clips of several speakers), recording (per clip) or none",
+        "mixed (a fold's test clips together: a folder of clips of several speakers), recording (per clip) or none; "
+        "+head fuses each fold model with a functional head fitted on its training clips",
     )
     parser.add_argument(
         "--baseline", action="store_true", help="add openSMILE eGeMAPS + LogReg, per speaker and global"
@@ -76,8 +77,9 @@ def main() -> None:
     for spec in args.cnn:
         name, _, target = spec.partition("=")
         folder, _, grouping = target.partition(":")
+        grouping, _, head = grouping.partition("+")
         predictors, priors = loaded.setdefault(folder, keras_predictors(Path(folder), args.folds))
-        systems.append(CnnFolds(name, predictors, features, grouping or "speaker", priors))
+        systems.append(CnnFolds(name, predictors, features, grouping or "speaker", priors, head == "head"))
     if args.baseline:
         systems.append(OpenSmileBaseline("openSMILE per speaker", per_speaker=True, cache=args.cache))
         systems.append(OpenSmileBaseline("openSMILE global", per_speaker=False, cache=args.cache))

@@ -25,16 +25,16 @@ from sercli.training import TrainConfig, cross_validate, degraded_variants
 from sercli.vad import VadConfig
 
 OPTIONS = {
-    "speaker-multi": TrainConfig(),
-    "speaker-multi-noprior": TrainConfig(prior_frames=0),
-    "speaker-clean": TrainConfig(variants=0),
-    "global-multi": TrainConfig(normalization="none"),
-    "global-clean": TrainConfig(normalization="none", variants=0),
-    "speaker-multi-ema": TrainConfig(ema_momentum=0.99),
+    "speaker-multi": TrainConfig(ema_momentum=None),
+    "speaker-multi-noprior": TrainConfig(prior_frames=0, ema_momentum=None),
+    "speaker-clean": TrainConfig(variants=0, ema_momentum=None),
+    "global-multi": TrainConfig(normalization="none", ema_momentum=None),
+    "global-clean": TrainConfig(normalization="none", variants=0, ema_momentum=None),
+    "speaker-multi-ema": TrainConfig(),
 }
 """Named training configurations: normalisation over groups of clips or none (global), with or without degraded
-copies; ``-noprior`` without the training statistics' pseudo-frames in each group; ``speaker-multi-ema``
-evaluates and keeps a moving average of the weights."""
+copies; ``-noprior`` without the training statistics' pseudo-frames in each group. All but ``speaker-multi-ema``
+(today's :class:`TrainConfig` default) keep the weights as trained rather than their moving average."""
 
 
 def main() -> None:

@@ -632,6 +632,8 @@ def models(model: ModelOption = None) -> None:
     table.add_row("labels", ", ".join(card.labels))
     table.add_row("features", json.dumps(card.features))
     table.add_row("normalization", card.normalization)
+    if card.head is not None:
+        table.add_row("functional head", f"{card.head.coef.shape[1]} functionals of each segment (sercli.prosody)")
     for key in ("data", "training_speakers", "training_actors", "validation_speakers", "validation_actors", "clips"):
         if key in card.training:
             table.add_row(key.replace("_", " "), str(card.training[key]))

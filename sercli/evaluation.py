@@ -1,8 +1,10 @@
 """Evaluating a classifier on labelled clips (:class:`sercli.datasets.LabelledClip`), at clip level.
 
-Clips go through the same code as annotation (:func:`sercli.pipeline.segment_frames`:
-resample to 16 kHz, VAD, MFCCs, then :func:`sercli.features.mfcc_windows`), so
-evaluation, training and inference cannot drift. A clip's prediction is the mean of its windows' probabilities.
+Clips go through the same code as annotation (resample to 16 kHz, :func:`sercli.vad.stream_speech`,
+:func:`sercli.features.mfcc`, :func:`sercli.features.mfcc_windows`, :func:`sercli.prosody.segment_functionals`),
+so evaluation, training and inference cannot drift. A clip's prediction is the mean of its windows' probabilities,
+fused with its functional head's (:mod:`sercli.fusion`) when the model has one; a clip's speech is one segment
+for the head.
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ from sercli.audio import AudioError, read_audio
 from sercli.datasets import LabelledClip, check_known_labels, clip_groups, label_order, load_clips, natural_key
 from sercli.features import FeatureConfig, mfcc, mfcc_windows
 from sercli.files import path_text, recording_key
+from sercli.fusion import FunctionalHead, fuse, head_log_probabilities
 from sercli.groups import SpeakerOf, plan_groups
 from sercli.normalization import FrameStats
-from sercli.pipeline import segment_frames
-from sercli.vad import VadConfig
+from sercli.prosody import functional_names, segment_functionals
+from sercli.vad import VadConfig, stream_speech
 from sercli.writers import atomic_output
 
 Log = Callable[[str], None]
@@ -40,10 +43,14 @@ class ClipFeatures:
         where VAD finds no speech is analysed whole, as one segment: its label says
         it holds speech.
     clips : list of LabelledClip
+    functionals : np.ndarray, shape (n_clips, n_functionals), float32
+        Each clip's functionals (:func:`sercli.prosody.segment_functionals`), its
+        speech taken as one segment.
     """
 
     frames: list[list[np.ndarray]]
     clips: list[LabelledClip]
+    functionals: np.ndarray
 
     @property
     def stats(self) -> np.ndarray:
@@ -70,6 +77,7 @@ class ClipFeatures:
             self.clips,
             self.stats,
             labels,
+            self.functionals,
         )
 
 
@@ -88,6 +96,8 @@ class WindowSet:
         Each clip's :class:`FrameStats` as an array, for normalising over groups of clips.
     labels : list of str
         The class order: label indices point into it.
+    functionals : np.ndarray, shape (n_clips, n_functionals)
+        Each clip's functionals (:attr:`ClipFeatures.functionals`).
     """
 
     windows: np.ndarray
@@ -95,6 +105,7 @@ class WindowSet:
     clips: list[LabelledClip]
     clip_stats: np.ndarray
     labels: list[str]
+    functionals: np.ndarray
 
     @property
     def clip_labels(self) -> np.ndarray:
@@ -115,6 +126,7 @@ class WindowSet:
             [self.clips[i] for i in keep_clips],
             self.clip_stats[keep_clips],
             self.labels,
+            self.functionals[keep_clips],
         )
 
     def normalized(
@@ -258,7 +270,7 @@ def extract_features(
     ClipError
         For the first clip that cannot be decoded.
     """
-    frames = []
+    frames, functionals = [], []
     signals = iter_clips(clips, features.sample_rate)
     for index, clip in enumerate(clips):
         try:
@@ -267,12 +279,14 @@ def extract_features(
             raise ClipError(index, f"{path_text(clip.path)}: {error}") from None
         if degrade is not None:
             signal = degrade(signal, index)
-        segments = [f for _, f in segment_frames([signal], features, vad)]
-        if not segments:
+        speech = [samples for _, samples in stream_speech([signal], features.sample_rate, vad)]
+        if not speech:
             log(f"{clip.path}: no speech found, analysed whole")
-            segments = [mfcc(signal, features)]
+            speech = [signal]
+        segments = [mfcc(samples, features) for samples in speech]
         frames.append(segments)
-    return ClipFeatures(frames, clips)
+        functionals.append(segment_functionals(np.concatenate(speech), features.sample_rate, np.concatenate(segments)))
+    return ClipFeatures(frames, clips, np.array(functionals, dtype=np.float32).reshape(len(clips), -1))
 
 
 def clips_digest(key: dict, clips: list[LabelledClip]) -> str:
@@ -301,13 +315,16 @@ def cached_features(
     """
     if cache is None:
         return extract_features(clips, features, vad, degrade, log)
-    digest = clips_digest({**key, "features": features.to_dict(), "vad": asdict(vad)}, clips)
+    functionals = functional_names(features.n_mfcc)
+    digest = clips_digest(
+        {**key, "features": features.to_dict(), "vad": asdict(vad), "functionals": functionals}, clips
+    )
     path = Path(cache) / f"features-{digest}.npz"
     if path.exists():
         stored = np.load(path)
         segments = np.split(stored["frames"], stored["segment_ends"][:-1])
         per_clip = np.split(np.arange(len(segments)), stored["clip_ends"][:-1])
-        return ClipFeatures([[segments[i] for i in ids] for ids in per_clip], clips)
+        return ClipFeatures([[segments[i] for i in ids] for ids in per_clip], clips, stored["functionals"])
     result = extract_features(clips, features, vad, degrade, log)
     flat = [f for segments in result.frames for f in segments]
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -317,6 +334,7 @@ def cached_features(
             frames=np.concatenate(flat),
             segment_ends=np.cumsum([len(f) for f in flat]),
             clip_ends=np.cumsum([len(segments) for segments in result.frames]),
+            functionals=result.functionals,
         )
     return result
 
@@ -357,6 +375,29 @@ def clip_probabilities(window_probabilities: np.ndarray, data: WindowSet) -> np.
     sums = np.zeros((len(data.clips), window_probabilities.shape[1]))
     np.add.at(sums, data.clip_index, window_probabilities)
     return sums / np.bincount(data.clip_index, minlength=len(data.clips))[:, None]
+
+
+def predict_clips(
+    predict: Callable[[np.ndarray], np.ndarray],
+    data: WindowSet,
+    normalization: str,
+    prior: FrameStats | None = None,
+    speaker_of: SpeakerOf | None = None,
+    head: FunctionalHead | None = None,
+) -> np.ndarray:
+    """Each clip's probabilities, shape ``(n_clips, n_labels)``: the mean of its windows' (standardised
+    as :meth:`WindowSet.normalized` does), fused with ``head``'s on its functionals (standardised over the
+    same groups; over none for ``none``) when given (:func:`sercli.fusion.fuse`)."""
+    probabilities = clip_probabilities(predict(data.normalized(normalization, prior, speaker_of)), data)
+    if head is None:
+        return probabilities
+    if normalization == "none":
+        scores = head.log_probabilities(data.functionals, FrameStats.empty(data.functionals.shape[1]))
+    else:
+        scores = head_log_probabilities(
+            head, data.functionals, normalization_groups(data.clips, normalization, speaker_of)
+        )
+    return fuse(probabilities, scores, head.weight)
 
 
 def evaluate_windows(
@@ -457,6 +498,7 @@ def evaluate_clips(
     prior: FrameStats | None = None,
     speaker_of: SpeakerOf | None = None,
     rows: list[LabelledClip] | None = None,
+    head: FunctionalHead | None = None,
 ) -> dict:
     """:func:`classification_metrics` of a window classifier on labelled clips, with a 95 % bootstrap
     interval on UA (``ua_ci95``; speakers resampled when the clips have speakers) and, with
@@ -464,7 +506,7 @@ def evaluate_clips(
 
     ``rows``, when given, are the labelled rows scored, ``data`` holding their :func:`unique_clips`:
     each row counts with its own label and its clip's prediction."""
-    probabilities = clip_probabilities(predict(data.normalized(normalization, prior, speaker_of)), data)
+    probabilities = predict_clips(predict, data, normalization, prior, speaker_of, head)
     true, predicted = data.clip_labels, probabilities.argmax(axis=1)
     if rows is not None:
         position = {clip_key(clip): i for i, clip in enumerate(data.clips)}
@@ -538,6 +580,7 @@ def evaluate_source(
         prior=classifier.card.prior,
         speaker_of=speaker_of,
         rows=clips,
+        head=classifier.card.head,
     )
     metrics["warnings"] = _evaluation_warnings(clips, classifier.card, metrics)
     return metrics

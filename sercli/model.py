@@ -25,7 +25,9 @@ from typing import Protocol
 import numpy as np
 
 from sercli.features import FeatureConfig
+from sercli.fusion import FunctionalHead
 from sercli.normalization import FrameStats
+from sercli.prosody import n_functionals
 
 BUNDLED_MODEL_NAME = "sercli-cnn-bilstm"
 PREDICT_BATCH = 256
@@ -69,6 +71,9 @@ class ModelCard:
     exports : dict
         Other formats of the same weights, e.g. ``litert``: file, digest, batch,
         quantization and the largest probability difference from the Keras model.
+    functional_head : dict
+        The logistic regression over segment functionals fused with the network's
+        output (:meth:`sercli.fusion.FunctionalHead.to_dict`); empty for a model without one.
     """
 
     name: str
@@ -81,6 +86,7 @@ class ModelCard:
     training: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     exports: dict = field(default_factory=dict)
+    functional_head: dict = field(default_factory=dict)
 
     @property
     def feature_config(self) -> FeatureConfig:
@@ -94,6 +100,11 @@ class ModelCard:
         if not prior:
             return FrameStats.empty(self.feature_config.n_mfcc)
         return FrameStats.of_moments(prior["mean"], prior["std"], prior["frames"])
+
+    @property
+    def head(self) -> FunctionalHead | None:
+        """The functional head (:mod:`sercli.fusion`), None for a model without one."""
+        return FunctionalHead.from_dict(self.functional_head) if self.functional_head else None
 
     def headline(self) -> str | None:
         """The figure the model is judged by, as a line: clip-level UA on speakers it never heard
@@ -142,6 +153,15 @@ class ModelCard:
             raise ModelError(f"model card {path} labels {labels} are not two or more distinct names")
         if config.window_frames <= 0 or config.n_mfcc <= 0:
             raise ModelError(f"model card {path} has an empty feature window")
+        try:
+            head = card.head
+        except (KeyError, TypeError, ValueError) as error:
+            raise ModelError(f"model card {path} functional_head is invalid: {error}") from None
+        if head is not None and head.coef.shape != (len(labels), n_functionals(config.n_mfcc)):
+            raise ModelError(
+                f"model card {path} functional_head has shape {head.coef.shape}, "
+                f"not {(len(labels), n_functionals(config.n_mfcc))} (labels x functionals)"
+            )
         return card
 
 

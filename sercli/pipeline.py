@@ -22,46 +22,40 @@ from threadpoolctl import threadpool_limits
 from sercli.audio import AudioError, iter_audio, iter_signal
 from sercli.features import FeatureConfig, mfcc, mfcc_windows
 from sercli.files import path_text
+from sercli.fusion import FunctionalHead, fuse
 from sercli.groups import RecordingGroup, SpeakerOf, plan_groups
 from sercli.model import PREDICT_BATCH, Classifier, ModelCard, load_classifier
 from sercli.normalization import NORMALIZATIONS, FrameStats, standardize
+from sercli.prosody import segment_functionals
 from sercli.vad import SpeechSegment, VadConfig, stream_speech
 
 
-def segment_frames(
-    blocks: Iterable[np.ndarray], features: FeatureConfig, vad: VadConfig
-) -> Iterator[tuple[SpeechSegment, np.ndarray]]:
-    """Stream a recording's speech segments with their MFCC frames.
+def segment_windows(
+    blocks: Iterable[np.ndarray], features: FeatureConfig, vad: VadConfig, functionals: bool = False
+) -> Iterator[tuple[SpeechSegment, np.ndarray, FrameStats, np.ndarray | None]]:
+    """Stream a recording's speech segments with their model input windows and frame statistics.
 
     Parameters
     ----------
     blocks : iterable of np.ndarray, shape (n,)
         The recording as consecutive mono blocks at ``features.sample_rate`` Hz
         (see :func:`sercli.audio.iter_audio`).
+    functionals : bool
+        Also compute each segment's functionals (for a model with a functional head).
 
     Yields
     ------
-    (SpeechSegment, np.ndarray)
-        A segment (seconds) and its MFCCs, shape ``(n_frames, n_mfcc)``.
+    (SpeechSegment, np.ndarray, FrameStats, np.ndarray or None)
+        A segment (seconds), its windows, shape ``(n_windows, window_frames, n_mfcc)``,
+        not normalised, the statistics of its MFCC frames (each frame counted once,
+        however many windows hold it), and its functionals
+        (:func:`sercli.prosody.segment_functionals`) or None.
     """
     for segment, samples in stream_speech(blocks, features.sample_rate, vad):
-        yield segment, mfcc(samples, features)
-
-
-def segment_windows(
-    blocks: Iterable[np.ndarray], features: FeatureConfig, vad: VadConfig
-) -> Iterator[tuple[SpeechSegment, np.ndarray, FrameStats]]:
-    """Stream a recording's speech segments with their model input windows and frame statistics.
-
-    Yields
-    ------
-    (SpeechSegment, np.ndarray, FrameStats)
-        A segment (seconds), its windows, shape ``(n_windows, window_frames, n_mfcc)``,
-        not normalised, and the statistics of its MFCC frames (each frame counted once,
-        however many windows hold it).
-    """
-    for segment, frames in segment_frames(blocks, features, vad):
-        yield segment, mfcc_windows(frames, features.window_frames, features.window_hop_frames), FrameStats.of(frames)
+        frames = mfcc(samples, features)
+        values = segment_functionals(samples, features.sample_rate, frames) if functionals else None
+        windows = mfcc_windows(frames, features.window_frames, features.window_hop_frames)
+        yield segment, windows, FrameStats.of(frames), values
 
 
 def pool_probabilities(window_probabilities: np.ndarray) -> np.ndarray:
@@ -233,6 +227,9 @@ class _Recording:
     segments : list of SpeechSegment
     probabilities : list of np.ndarray or None
         Each segment's pooled probabilities, None until its windows are classified.
+    head_scores : list of np.ndarray or None
+        Each segment's log-probabilities from the model's functional head, None until its
+        group is complete (or for a model without a head).
     error : str or None
         One-line cause of a failure to decode it.
     note : str or None
@@ -245,16 +242,17 @@ class _Recording:
     audio_s: float = 0.0
     segments: list[SpeechSegment] = field(default_factory=list)
     probabilities: list[np.ndarray | None] = field(default_factory=list)
+    head_scores: list[np.ndarray | None] = field(default_factory=list)
     error: str | None = None
     note: str | None = None
     read: bool = False
     group: str | None = None
 
     def cut_windows(
-        self, blocks: Iterable[np.ndarray], features: FeatureConfig, vad: VadConfig
-    ) -> Iterator[tuple[int, np.ndarray, FrameStats]]:
-        """Each speech segment's index, windows and frame statistics; a decoding failure ends it and is kept
-        in ``error``."""
+        self, blocks: Iterable[np.ndarray], features: FeatureConfig, vad: VadConfig, functionals: bool
+    ) -> Iterator[tuple[int, np.ndarray, FrameStats, np.ndarray | None]]:
+        """Each speech segment's index, windows, frame statistics and functionals (see :func:`segment_windows`);
+        a decoding failure ends it and is kept in ``error``."""
 
         def counted() -> Iterator[np.ndarray]:
             for block in blocks:
@@ -262,10 +260,11 @@ class _Recording:
                 yield block
 
         try:
-            for segment, windows, stats in segment_windows(counted(), features, vad):
+            for segment, windows, stats, values in segment_windows(counted(), features, vad, functionals):
                 self.segments.append(segment)
                 self.probabilities.append(None)
-                yield len(self.segments) - 1, windows, stats
+                self.head_scores.append(None)
+                yield len(self.segments) - 1, windows, stats, values
         except AudioError as error:
             self.error = str(error)
         except (OSError, ValueError, MemoryError) as error:
@@ -399,38 +398,56 @@ class _HeldWindows:
     """The windows of a normalisation group, kept until the group's statistics are complete.
 
     Past ``memory_bytes`` they wait in an anonymous temporary file, so a 10-hour
-    recording normalised as a whole still annotates in flat memory.
+    recording normalised as a whole still annotates in flat memory. Each part's
+    functionals (a few hundred bytes) stay in memory, for the model's functional head.
     """
 
-    def __init__(self, prior: FrameStats, memory_bytes: int):
-        self.prior, self.memory_bytes, self.held_bytes = prior, memory_bytes, 0
-        self.stats = FrameStats.empty(len(prior.total))
-        self.parts: list[tuple[_Recording, int, np.ndarray | None]] = []
-        self.spill = None
+    def __init__(self, prior: FrameStats, head: FunctionalHead | None, memory_bytes: int):
+        self.prior, self.head, self.memory_bytes = prior, head, memory_bytes
+        self._empty()
 
-    def add(self, recording: _Recording, index: int, windows: np.ndarray, stats: FrameStats) -> None:
+    def _empty(self) -> None:
+        self.stats = FrameStats.empty(len(self.prior.total))
+        self.functional_stats = None if self.head is None else FrameStats.empty(self.head.coef.shape[1])
+        self.parts: list[tuple[_Recording, int, np.ndarray | None, np.ndarray | None]] = []
+        self.held_bytes, self.spill = 0, None
+
+    def add_stats(self, stats: FrameStats, functionals: np.ndarray | None) -> None:
+        """Count a segment's statistics in the group without annotating it."""
         self.stats += stats
+        if self.head is not None:
+            self.functional_stats += FrameStats.of(functionals[None])
+
+    def add(
+        self, recording: _Recording, index: int, windows: np.ndarray, stats: FrameStats, functionals: np.ndarray | None
+    ) -> None:
+        self.add_stats(stats, functionals)
         if self.held_bytes + windows.nbytes <= self.memory_bytes:
-            self.parts.append((recording, index, windows))
+            self.parts.append((recording, index, windows, functionals))
             self.held_bytes += windows.nbytes
             return
         if self.spill is None:
             self.spill = tempfile.TemporaryFile()  # noqa: SIM115 - closed by drain()
         np.save(self.spill, windows)
-        self.parts.append((recording, index, None))
+        self.parts.append((recording, index, None, functionals))
 
     def drain(self) -> Iterator[tuple[_Recording, int, np.ndarray]]:
-        """Every held part, standardised with the group's statistics and the prior; the group is then empty."""
+        """Every held part, standardised with the group's statistics and the prior (its head scores set
+        from the group's functionals); the group is then empty."""
         if self.spill is not None:
             self.spill.seek(0)
-        for recording, index, windows in self.parts:
+        for recording, index, windows, functionals in self.parts:
             if windows is None:
                 windows = np.load(self.spill)
             if recording.error is None:
+                if self.head is not None:
+                    recording.head_scores[index] = self.head.log_probabilities(
+                        functionals[None], self.functional_stats
+                    )[0]
                 yield recording, index, standardize(windows, self.stats + self.prior)
         if self.spill is not None:
             self.spill.close()
-        self.stats, self.parts, self.held_bytes, self.spill = FrameStats.empty(len(self.stats.total)), [], 0, None
+        self._empty()
 
 
 def _annotate_in_order(
@@ -441,14 +458,15 @@ def _annotate_in_order(
     Windows wait in a :class:`_HeldWindows` until their normalisation group has
     been read whole; a ``stats_only`` member adds its statistics only.
     """
-    features, labels, prior = classifier.card.feature_config, classifier.card.labels, classifier.card.prior
+    card = classifier.card
+    features, labels, prior, head = card.feature_config, card.labels, card.prior, card.head
     members = [(member, group) for group in groups for member in group.members]
     recordings: deque[_Recording] = deque()  # in input order, until their outcome is yielded
     cut: list[tuple[_Recording, int, np.ndarray]] = []  # windows not yet sent to inference
     cut_count = 0
     jobs: deque[tuple[Future, list[tuple[_Recording, int, int]]]] = deque()
     inference = ThreadPoolExecutor(1, thread_name_prefix="inference")
-    held = _HeldWindows(prior, HELD_WINDOWS_BYTES)
+    held = _HeldWindows(prior, head, HELD_WINDOWS_BYTES)
 
     def send() -> None:
         nonlocal cut_count
@@ -473,7 +491,10 @@ def _annotate_in_order(
             future, parts = jobs.popleft()
             probabilities, first = future.result(), 0
             for recording, index, count in parts:
-                recording.probabilities[index] = pool_probabilities(probabilities[first : first + count])
+                pooled = pool_probabilities(probabilities[first : first + count])
+                if head is not None:
+                    pooled = fuse(pooled[None], recording.head_scores[index][None], head.weight)[0]
+                recording.probabilities[index] = pooled
                 first += count
 
     def finished() -> Iterator[FileOutcome]:
@@ -489,15 +510,20 @@ def _annotate_in_order(
             recording = _Recording(path, group=group.name)
             if not member.stats_only:
                 recordings.append(recording)
-            for index, windows, stats in recording.cut_windows(blocks, features, vad):
-                if normalization == "none":
+            for index, windows, stats, values in recording.cut_windows(blocks, features, vad, head is not None):
+                if normalization in ("none", "segment"):
+                    if head is not None:  # functionals standardised over the segment alone, or over no group
+                        group = (
+                            FrameStats.of(values[None]) if normalization == "segment" else FrameStats.empty(len(values))
+                        )
+                        recording.head_scores[index] = head.log_probabilities(values[None], group)[0]
+                    if normalization == "segment":
+                        windows = standardize(windows, stats + prior)
                     queue_windows([(recording, index, windows)])
-                elif normalization == "segment":
-                    queue_windows([(recording, index, standardize(windows, stats + prior))])
                 elif member.stats_only:
-                    held.stats += stats
+                    held.add_stats(stats, values)
                 else:
-                    held.add(recording, index, windows, stats)
+                    held.add(recording, index, windows, stats, values)
             recording.note = decoded.notes.pop(path, None)
             if position + 1 == len(members) or members[position + 1][1] is not group:
                 queue_windows(held.drain())

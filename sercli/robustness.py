@@ -35,9 +35,12 @@ from sercli.evaluation import (
     clip_probabilities,
     clips_digest,
     iter_clips,
+    normalization_groups,
     standardize_groups,
 )
 from sercli.features import FeatureConfig
+from sercli.fusion import FunctionalHead, fit_head, fuse, head_log_probabilities
+from sercli.normalization import FrameStats
 from sercli.vad import VadConfig
 
 
@@ -128,16 +131,23 @@ class CnnFolds:
         groups one folder of short clips of several speakers.
     priors : list of FrameStats, optional
         Fold ``k``'s prior (:func:`sercli.training.training_prior`); none for models trained without.
+    head : bool
+        Fuse each fold model with a functional head (:func:`sercli.fusion.fit_head`) fitted on the
+        fold's clean training clips, as :func:`sercli.training.cross_validate` does; its test
+        functionals are standardised over the same groups as the MFCCs.
     """
 
     GROUPINGS = ("speaker", "mixed", "recording", "none")
 
-    def __init__(self, name: str, predictors: list, features: FeatureConfig, grouping: str, priors=None):
+    def __init__(
+        self, name: str, predictors: list, features: FeatureConfig, grouping: str, priors=None, head: bool = False
+    ):
         if grouping not in self.GROUPINGS:
             raise ValueError(f"grouping must be one of {', '.join(self.GROUPINGS)}, not {grouping!r}")
         self.name, self.predictors, self.features, self.grouping = name, predictors, features, grouping
-        self.priors = priors or [None] * len(predictors)
+        self.priors, self.head = priors or [None] * len(predictors), head
         self._windows: dict[str, object] = {}
+        self._heads: dict[int, FunctionalHead] = {}
 
     def predict(self, fold, train, test, clean, data):
         if data.digest not in self._windows:
@@ -151,8 +161,21 @@ class CnnFolds:
             groups = np.zeros(len(subset.clips), dtype=int)
             x = standardize_groups(subset.windows, subset.clip_index, subset.clip_stats, groups, prior)
         else:
+            groups = normalization_groups(subset.clips, self.grouping) if self.grouping != "none" else None
             x = subset.normalized(self.grouping, prior)
-        return clip_probabilities(self.predictors[fold](x), subset).argmax(axis=1)
+        probabilities = clip_probabilities(self.predictors[fold](x), subset)
+        if not self.head:
+            return probabilities.argmax(axis=1)
+        if fold not in self._heads:
+            labels = np.array([subset.labels.index(clean.clips[i].label) for i in train])
+            speakers = clip_groups([clean.clips[i] for i in train])
+            self._heads[fold] = fit_head(clean.features.functionals[train], labels, speakers, len(subset.labels))
+        head = self._heads[fold]
+        if groups is None:
+            scores = head.log_probabilities(subset.functionals, FrameStats.empty(subset.functionals.shape[1]))
+        else:
+            scores = head_log_probabilities(head, subset.functionals, groups)
+        return fuse(probabilities, scores, head.weight).argmax(axis=1)
 
 
 class OpenSmileBaseline:

@@ -81,6 +81,29 @@ def normalized_model(tmp_path_factory) -> Path:
     return make_random_model(tmp_path_factory.mktemp("model"), "normalized", "speaker").with_suffix(".tflite")
 
 
+@pytest.fixture(scope="session")
+def headed_model(normalized_model, tmp_path_factory) -> Path:
+    """The normalised random model with a random functional head in its card (LiteRT export)."""
+    import shutil
+
+    from sercli.fusion import FunctionalHead
+    from sercli.model import ModelCard, card_path
+    from sercli.normalization import FrameStats
+    from sercli.prosody import n_functionals
+
+    folder = tmp_path_factory.mktemp("headed")
+    path = folder / normalized_model.name
+    shutil.copy(normalized_model, path)
+    card = ModelCard.read(card_path(normalized_model))
+    rng = np.random.default_rng(5)
+    n = n_functionals(card.feature_config.n_mfcc)
+    prior = FrameStats.of_moments(rng.normal(0, 5, n), rng.uniform(1, 10, n), 20)
+    head = FunctionalHead(rng.normal(0, 0.5, (len(card.labels), n)), rng.normal(0, 1, len(card.labels)), prior)
+    card.functional_head = head.to_dict()
+    card.write(card_path(path))
+    return path
+
+
 def speak(text: str, path: Path, voice: str = "en-us", speed: int = 150) -> np.ndarray:
     """Synthesise ``text`` with espeak-ng into ``path`` (22.05 kHz mono WAV); return the samples."""
     if shutil.which("espeak-ng") is None:

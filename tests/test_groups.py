@@ -141,15 +141,62 @@ def test_a_group_is_standardised_over_all_its_speech_plus_the_prior(clips_folder
     assert {o.group for o in outcomes} == {f"folder {clips_folder / 'quiet'}"}
     features = classifier.card.feature_config
     parts = [list(segment_windows([read_audio(p, 16000)], features, VadConfig())) for p in paths]
-    stats = sum((s for segments in parts for _, _, s in segments), FrameStats.empty(features.n_mfcc))
+    stats = sum((s for segments in parts for _, _, s, _ in segments), FrameStats.empty(features.n_mfcc))
     assert classifier.card.prior.count == 1000
     for outcome, segments in zip(outcomes, parts):
-        for row, (_, windows, _) in zip(outcome.rows, segments):
+        for row, (_, windows, _, _) in zip(outcome.rows, segments):
             expected = classifier.predict_proba(standardize(windows, stats + classifier.card.prior)).mean(axis=0)
             assert np.allclose(row.probabilities, expected, atol=2e-5)
 
 
-def test_a_resumed_group_gives_the_rows_of_an_uninterrupted_run(clips_folder, classifier):
+@pytest.mark.parametrize("mode", ["auto", "segment", "none"])
+def test_a_headed_model_fuses_each_segment_with_its_groups_functionals(clips_folder, headed_model, mode):
+    from sercli.audio import read_audio
+    from sercli.fusion import fuse
+    from sercli.pipeline import segment_windows
+
+    headed = load_classifier(headed_model)
+    if mode == "none":  # the head alone standardises over no group; the network reads raw MFCCs
+        headed.card.normalization = "none"
+    paths = sorted((clips_folder / "quiet").glob("*.wav"))
+    outcomes = list(annotate_files(paths, headed, VadConfig(), normalization=mode))
+    features, head, prior = headed.card.feature_config, headed.card.head, headed.card.prior
+    parts = [list(segment_windows([read_audio(p, 16000)], features, VadConfig(), functionals=True)) for p in paths]
+    stats = sum((s for segments in parts for _, _, s, _ in segments), FrameStats.empty(features.n_mfcc))
+    values = np.array([f for segments in parts for _, _, _, f in segments])
+    group = FrameStats.of(values)
+    changed = 0
+    for outcome, segments in zip(outcomes, parts):
+        assert len(outcome.rows) == len(segments)
+        for row, (_, windows, segment_stats, functionals) in zip(outcome.rows, segments):
+            if mode == "auto":  # the folder's three clips are one group, for the MFCCs and the functionals
+                network, scores = standardize(windows, stats + prior), head.log_probabilities(functionals[None], group)
+            elif mode == "segment":
+                alone = FrameStats.of(functionals[None])
+                network = standardize(windows, segment_stats + prior)
+                scores = head.log_probabilities(functionals[None], alone)
+            else:
+                network = windows
+                scores = head.log_probabilities(functionals[None], FrameStats.empty(len(functionals)))
+            cnn = headed.predict_proba(network).mean(axis=0)
+            assert np.allclose(row.probabilities, fuse(cnn[None], scores, head.weight)[0], atol=2e-5)
+            assert row.label == headed.card.labels[int(row.probabilities.argmax())]
+            changed += not np.allclose(row.probabilities, cnn, atol=1e-3)
+    assert changed  # the head moved the probabilities
+
+
+def test_a_headed_model_annotates_the_same_rows_with_workers(clips_folder, headed_model, tmp_path):
+    outputs = []
+    for workers in (1, 2):
+        out = tmp_path / f"headed-{workers}.csv"
+        sercli("annotate", clips_folder, "-o", out, "--model", headed_model, "--workers", workers, "-q")
+        outputs.append(pd.read_csv(out))
+    pd.testing.assert_frame_equal(outputs[0], outputs[1], atol=1e-5)
+
+
+@pytest.mark.parametrize("model", ["normalized_model", "headed_model"])
+def test_a_resumed_group_gives_the_rows_of_an_uninterrupted_run(clips_folder, model, request):
+    classifier = load_classifier(request.getfixturevalue(model))
     paths = sorted(clips_folder.rglob("*.wav"))
     whole = rows_of(annotate_files(paths, classifier, VadConfig()))
     done = {recording_key(p) for p in paths[::2]}

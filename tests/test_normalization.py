@@ -68,16 +68,18 @@ def test_recording_mode_equals_the_whole_recording_standardised_at_once(recordin
     [outcome] = annotate_files([path], classifier, vad, normalization="recording")
     whole = np.concatenate(blocks)  # the same samples, segmented and analysed in one piece
     segments = list(segment_windows([whole], features, vad))
-    stats = sum((s for _, _, s in segments), FrameStats.empty(features.n_mfcc))
+    stats = sum((s for _, _, s, _ in segments), FrameStats.empty(features.n_mfcc))
     assert len(outcome.rows) == len(segments) >= 10
-    for row, (segment, windows, _) in zip(outcome.rows, segments):
+    for row, (segment, windows, _, _) in zip(outcome.rows, segments):
         assert (row.start_s, row.end_s) == pytest.approx((segment.start_s, segment.end_s), abs=1e-6)
         expected = classifier.predict_proba(standardize(windows, stats + classifier.card.prior)).mean(axis=0)
         assert np.allclose(row.probabilities, expected, atol=2e-5)
 
 
 @pytest.mark.parametrize("mode", ["recording", "folder"])
-def test_windows_spilled_to_disk_give_identical_rows(recordings, classifier, mode, monkeypatch):
+@pytest.mark.parametrize("model", ["normalized_model", "headed_model"])
+def test_windows_spilled_to_disk_give_identical_rows(recordings, model, mode, monkeypatch, request):
+    classifier = load_classifier(request.getfixturevalue(model))
     paths = sorted(recordings.rglob("*.wav"))
     in_memory = rows_of(annotate_files(paths, classifier, VadConfig(), normalization=mode))
     monkeypatch.setattr(pipeline, "HELD_WINDOWS_BYTES", 0)  # every window waits in the temporary file

@@ -13,6 +13,7 @@ from sercli import EMOTIONS
 from sercli.datasets import LAYOUTS, find_clips, speaker_folds
 from sercli.evaluation import classification_metrics
 from sercli.model import ModelCard, card_path
+from sercli.prosody import n_functionals
 
 
 def test_ravdess_names_are_parsed():
@@ -86,6 +87,9 @@ def test_train_cross_validates_by_actor_and_writes_model_and_card(ravdess, tmp_p
     assert card.training["hyperparameters"]["window_hop_frames"] == 50 and card.features["window_hop_frames"] == 100
     assert not list(tmp_path.glob("*.cv.json"))  # the fold checkpoint is removed once the model is saved
     assert card.normalization == "speaker" and card.training["hyperparameters"]["variants"] == 4
+    # the functional head is fitted on the training clips and fused in the cross-validation's figures
+    assert card.head is not None and card.head.coef.shape == (8, n_functionals(card.feature_config.n_mfcc))
+    assert 0 <= pooled["network_only_ua"] <= 1 and card.training["hyperparameters"]["ema_momentum"] == 0.99
     # the fold models stay for the robustness benchmark, which scores them beside the openSMILE baseline
     benchmark = Path(__file__).parents[1] / "benchmarks" / "robustness.py"
     table = subprocess.run(
@@ -97,6 +101,8 @@ def test_train_cross_validates_by_actor_and_writes_model_and_card(ravdess, tmp_p
             "2",
             "--cnn",
             f"tiny={out}.cv",
+            "--cnn",
+            f"tiny fused={out}.cv:speaker+head",
             "--baseline",
             "--condition",
             "clean",
@@ -109,7 +115,7 @@ def test_train_cross_validates_by_actor_and_writes_model_and_card(ravdess, tmp_p
         text=True,
         check=True,
     ).stdout
-    assert "| condition | tiny | openSMILE per speaker | openSMILE global |" in table
+    assert "| condition | tiny | tiny fused | openSMILE per speaker | openSMILE global |" in table
     assert "| clean | " in table and "| telephone | " in table
 
 

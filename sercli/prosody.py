@@ -1,0 +1,253 @@
+"""Utterance-level prosody and voice-quality functionals of a speech segment, in numpy.
+
+The CNN-BiLSTM sees one second of MFCCs at a time; how a whole utterance rises, falls,
+speeds up and strains is what openSMILE's functionals capture and what the emotion
+peers in the literature classify. This module computes a small set of such functionals
+fast enough to run beside the MFCCs (an autocorrelation pitch tracker at 8 kHz, after
+Boersma 1993, and statistics of pitch, voicing, energy and the MFCCs).
+
+The functionals of a segment depend on the voice and the channel as much as on the
+emotion: like the MFCCs, they are standardised over a group of segments
+(:class:`sercli.normalization.FrameStats` works on any vectors) before a classifier
+reads them (:mod:`sercli.fusion`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import scipy.fft
+import soxr
+
+PITCH_RATE = 8000
+"""Sample rate of the pitch analysis in Hz (pitch and its harmonics that matter lie below 4 kHz)."""
+
+FRAME_S = 0.04
+"""Pitch analysis frame in seconds: two periods of the lowest pitch searched."""
+
+HOP_S = 0.02
+"""Seconds between pitch frames."""
+
+F0_MIN_HZ, F0_MAX_HZ = 60.0, 500.0
+"""Pitch search range in Hz."""
+
+VOICING_THRESHOLD = 0.45
+"""Normalised autocorrelation peak from which a frame is voiced (Praat's default)."""
+
+SILENCE_DB = 35.0
+"""Frames more than this many dB below a segment's loudest frame are silence: never voiced, not in the
+energy statistics."""
+
+SUBMULTIPLE_RATIO = 0.9
+"""A half, a third, ... of the best lag is the period instead when its autocorrelation reaches this
+fraction of the best one's (a periodic signal correlates as well at two or four periods as at one: the
+tracker would otherwise halve or quarter the pitch)."""
+
+
+_FRAMES_PER_PASS = 256
+"""Frames analysed together, so their intermediate arrays stay in cache."""
+
+
+@dataclass(frozen=True)
+class PitchTrack:
+    """Frame-wise pitch, voicing and energy of a signal.
+
+    Attributes
+    ----------
+    f0_hz : np.ndarray, shape (n_frames,)
+        Pitch in Hz; NaN where the frame is not voiced.
+    voicing : np.ndarray, shape (n_frames,)
+        Normalised autocorrelation at the pitch period, 0..1 (an HNR-like measure).
+    energy_db : np.ndarray, shape (n_frames,)
+        Frame energy in dB (full scale 1 is 0 dB).
+    hop_s : float
+        Seconds between frames.
+    """
+
+    f0_hz: np.ndarray
+    voicing: np.ndarray
+    energy_db: np.ndarray
+    hop_s: float = HOP_S
+
+
+@lru_cache(maxsize=2)
+def _analysis_window(frame: int, n_fft: int) -> tuple[np.ndarray, np.ndarray]:
+    """Hann window of ``frame`` samples and its own normalised autocorrelation (``n_fft // 2`` lags)."""
+    window = np.hanning(frame + 2)[1:-1].astype(np.float32)
+    autocorrelation = scipy.fft.irfft(np.abs(scipy.fft.rfft(window, n_fft)) ** 2, n_fft)[: n_fft // 2]
+    return window, (autocorrelation / autocorrelation[0]).astype(np.float32)
+
+
+def pitch_track(signal: np.ndarray, sample_rate: int) -> PitchTrack:
+    """Track pitch by normalised autocorrelation (Boersma 1993, without path finding).
+
+    Parameters
+    ----------
+    signal : np.ndarray, shape (n,)
+        Mono signal, full scale 1.
+    sample_rate : int
+        Its rate in Hz; it is resampled to :data:`PITCH_RATE`.
+
+    Returns
+    -------
+    PitchTrack
+        One frame every :data:`HOP_S` seconds; a signal shorter than one frame gives one frame.
+    """
+    signal = np.asarray(signal, dtype=np.float32)
+    if sample_rate != PITCH_RATE and len(signal):
+        signal = soxr.resample(signal, sample_rate, PITCH_RATE, quality="LQ")
+    frame, hop = round(FRAME_S * PITCH_RATE), round(HOP_S * PITCH_RATE)
+    if len(signal) < frame:
+        signal = np.pad(signal, (0, frame - len(signal)))
+    lags = np.arange(int(PITCH_RATE / F0_MAX_HZ), int(PITCH_RATE / F0_MIN_HZ) + 1)
+    n_fft = 1 << int(frame + lags[-1]).bit_length()  # long enough that no lag searched wraps around
+    window, window_autocorrelation = _analysis_window(frame, n_fft)
+    frames = np.lib.stride_tricks.sliding_window_view(signal, frame)[::hop]
+    autocorrelation = np.empty((len(frames), lags[-1] + 1), dtype=np.float32)
+    for first in range(0, len(frames), _FRAMES_PER_PASS):
+        spectrum = scipy.fft.rfft(frames[first : first + _FRAMES_PER_PASS] * window, n_fft, axis=1)
+        autocorrelation[first : first + _FRAMES_PER_PASS] = scipy.fft.irfft(
+            spectrum.real**2 + spectrum.imag**2, n_fft, axis=1
+        )[:, : lags[-1] + 1]
+    power = autocorrelation[:, 0]
+    normalised = autocorrelation[:, lags] / np.maximum(power, 1e-12)[:, None] / window_autocorrelation[lags]
+    rows = np.arange(len(frames))
+    best = normalised.argmax(axis=1)
+    peak, shift = _parabolic_peak(normalised, best)
+    for divisor in range(lags[-1] // lags[0], 1, -1):  # a multiple of the period correlates about as well
+        candidate = np.rint((lags[best] + shift) / divisor - lags[0]).astype(int)
+        valid = candidate >= 0
+        candidate = np.clip(candidate, 0, len(lags) - 1)
+        near = np.clip(candidate[:, None] + np.arange(-1, 2), 0, len(lags) - 1)
+        local = near[rows, normalised[rows[:, None], near].argmax(axis=1)]
+        local_peak, local_shift = _parabolic_peak(normalised, local)
+        better = valid & (local < best) & (local_peak >= SUBMULTIPLE_RATIO * peak)
+        best, peak, shift = (
+            np.where(better, local, best),
+            np.where(better, local_peak, peak),
+            np.where(better, local_shift, shift),
+        )
+    energy_db = 10 * np.log10(np.maximum(power / np.sum(window**2), 1e-12)).astype(np.float32)
+    voiced = (peak >= VOICING_THRESHOLD) & (energy_db > energy_db.max() - SILENCE_DB)
+    f0 = np.where(voiced, PITCH_RATE / (lags[best] + shift), np.nan).astype(np.float32)
+    return PitchTrack(f0, np.clip(peak, 0.0, 1.0).astype(np.float32), energy_db)
+
+
+def _parabolic_peak(values: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Height and position (in lags, -0.5..0.5 from ``index``) of the parabola through each row's
+    ``values`` at ``index - 1``, ``index`` and ``index + 1``: a peak between two lags."""
+    rows = np.arange(len(values))
+    centre = values[rows, index]
+    left = values[rows, np.maximum(index - 1, 0)]
+    right = values[rows, np.minimum(index + 1, values.shape[1] - 1)]
+    curvature = left - 2 * centre + right
+    concave = curvature < 0
+    shift = np.clip(np.where(concave, 0.5 * (left - right) / np.where(concave, curvature, -1.0), 0.0), -0.5, 0.5)
+    return centre - 0.25 * (left - right) * shift, shift
+
+
+FUNCTIONAL_NAMES = (
+    "voiced_fraction",
+    "f0_mean_st",
+    "f0_std_st",
+    "f0_p10_st",
+    "f0_p50_st",
+    "f0_p90_st",
+    "f0_range_st",
+    "f0_slope_st_per_s",
+    "f0_delta_st",
+    "f0_rising_fraction",
+    "voicing_mean",
+    "voicing_std",
+    "energy_std_db",
+    "energy_range_db",
+    "energy_delta_db",
+    "voiced_energy_gain_db",
+    "voiced_onsets_per_s",
+)
+"""Prosodic functionals, in :func:`prosody_functionals` order (``st``: semitones re 100 Hz; ``delta``: mean
+absolute change between consecutive voiced frames, a jitter- or shimmer-like measure)."""
+
+
+def prosody_functionals(track: PitchTrack) -> np.ndarray:
+    """Statistics of a segment's pitch track, shape ``(len(FUNCTIONAL_NAMES),)``, float32.
+
+    Statistics of a segment with fewer than two voiced frames are 0.
+    """
+    audible = track.energy_db > track.energy_db.max() - SILENCE_DB
+    voiced = ~np.isnan(track.f0_hz)
+    energy = track.energy_db[audible]
+    values = dict.fromkeys(FUNCTIONAL_NAMES, 0.0)
+    values["voiced_fraction"] = voiced.sum() / max(audible.sum(), 1)
+    values["energy_std_db"] = energy.std()
+    values["energy_range_db"] = np.percentile(energy, 95) - np.percentile(energy, 5)
+    values["energy_delta_db"] = np.abs(np.diff(energy)).mean() if len(energy) > 1 else 0.0
+    onsets = np.count_nonzero(voiced[1:] & ~voiced[:-1]) + bool(voiced[:1].any())
+    values["voiced_onsets_per_s"] = onsets / (max(audible.sum(), 1) * track.hop_s)
+    if voiced.sum() >= 2:
+        semitones = 12 * np.log2(track.f0_hz[voiced] / 100.0)
+        times = np.flatnonzero(voiced) * track.hop_s
+        p10, p50, p90 = np.percentile(semitones, [10, 50, 90])
+        steps = np.diff(semitones)[np.diff(np.flatnonzero(voiced)) == 1]
+        values.update(
+            f0_mean_st=semitones.mean(),
+            f0_std_st=semitones.std(),
+            f0_p10_st=p10,
+            f0_p50_st=p50,
+            f0_p90_st=p90,
+            f0_range_st=p90 - p10,
+            f0_slope_st_per_s=np.polyfit(times, semitones, 1)[0] if np.ptp(times) > 0 else 0.0,
+            f0_delta_st=np.abs(steps).mean() if len(steps) else 0.0,
+            f0_rising_fraction=(steps > 0).mean() if len(steps) else 0.0,
+            voicing_mean=track.voicing[voiced].mean(),
+            voicing_std=track.voicing[voiced].std(),
+            voiced_energy_gain_db=track.energy_db[voiced].mean() - energy.mean(),
+        )
+    return np.array([values[name] for name in FUNCTIONAL_NAMES], dtype=np.float32)
+
+
+RANGE_COEFFICIENTS = 13
+"""MFCCs whose 10-90 % range is a functional: loudness and the spectral envelope's coarse shape."""
+
+
+def functional_names(n_mfcc: int) -> list[str]:
+    """Names of :func:`segment_functionals`' values for ``n_mfcc`` coefficients, in order."""
+    return [
+        *FUNCTIONAL_NAMES,
+        *(f"mfcc{i}_mean" for i in range(n_mfcc)),
+        *(f"mfcc{i}_std" for i in range(n_mfcc)),
+        *(f"mfcc{i}_delta" for i in range(n_mfcc)),
+        *(f"mfcc{i}_range" for i in range(min(n_mfcc, RANGE_COEFFICIENTS))),
+    ]
+
+
+def n_functionals(n_mfcc: int) -> int:
+    """Length of :func:`segment_functionals`' vector for ``n_mfcc`` coefficients."""
+    return len(functional_names(n_mfcc))
+
+
+def segment_functionals(signal: np.ndarray, sample_rate: int, mfccs: np.ndarray) -> np.ndarray:
+    """All functionals of a speech segment (:func:`functional_names`): prosody, then per MFCC its mean,
+    standard deviation and mean absolute change between frames (spectral flux), then the 10-90 %
+    range of the first :data:`RANGE_COEFFICIENTS` MFCCs.
+
+    Parameters
+    ----------
+    signal : np.ndarray, shape (n,)
+        The segment, mono, full scale 1.
+    sample_rate : int
+        In Hz.
+    mfccs : np.ndarray, shape (n_frames, n_mfcc)
+        Its MFCC frames (:func:`sercli.features.mfcc`).
+
+    Returns
+    -------
+    np.ndarray, shape (n_functionals(n_mfcc),), float32
+    """
+    prosody = prosody_functionals(pitch_track(signal, sample_rate))
+    delta = np.abs(np.diff(mfccs, axis=0)).mean(axis=0) if len(mfccs) > 1 else np.zeros(mfccs.shape[1])
+    low, high = np.percentile(mfccs[:, :RANGE_COEFFICIENTS], [10, 90], axis=0)
+    parts = [prosody, mfccs.mean(axis=0), mfccs.std(axis=0), delta, high - low]
+    return np.concatenate(parts).astype(np.float32)

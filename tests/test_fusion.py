@@ -1,0 +1,154 @@
+import numpy as np
+import pytest
+
+from sercli.fusion import (
+    PRIOR_SEGMENTS,
+    FunctionalHead,
+    fit_head,
+    fuse,
+    group_standardized,
+    head_log_probabilities,
+)
+from sercli.normalization import FrameStats
+
+
+def random_head(n_labels: int = 4, n_functionals: int = 6, seed: int = 0, weight: float = 1.0) -> FunctionalHead:
+    rng = np.random.default_rng(seed)
+    prior = FrameStats.of_moments(rng.normal(size=n_functionals), rng.uniform(1, 2, n_functionals), PRIOR_SEGMENTS)
+    return FunctionalHead(rng.normal(size=(n_labels, n_functionals)), rng.normal(size=n_labels), prior, weight)
+
+
+def test_head_log_probabilities_are_a_softmax_of_standardised_inputs():
+    head = random_head()
+    values = np.random.default_rng(1).normal(size=(5, 6))
+    group = FrameStats.of(values)
+    scores = head.log_probabilities(values, group)
+    assert np.allclose(np.exp(scores).sum(axis=1), 1.0)
+    stats = group + head.prior
+    logits = ((values - stats.mean) / stats.std) @ head.coef.T + head.intercept
+    expected = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    assert np.allclose(np.exp(scores), expected)
+
+
+def test_head_round_trips_through_its_card_fields():
+    import json
+
+    head = random_head(weight=0.7)
+    again = FunctionalHead.from_dict(json.loads(json.dumps(head.to_dict())))
+    assert np.allclose(again.coef, head.coef) and np.allclose(again.intercept, head.intercept)
+    assert again.prior.count == PRIOR_SEGMENTS and np.allclose(again.prior.mean, head.prior.mean)
+    assert np.allclose(again.prior.std, head.prior.std) and again.weight == 0.7
+
+
+def test_fuse_is_a_product_of_experts():
+    cnn = np.array([[0.7, 0.2, 0.1], [0.2, 0.3, 0.5]])
+    head = np.log(np.array([[0.1, 0.8, 0.1], [1 / 3, 1 / 3, 1 / 3]]))
+    fused = fuse(cnn, head, 1.0)
+    assert np.allclose(fused.sum(axis=1), 1.0)
+    assert np.allclose(fused[0], cnn[0] * [0.1, 0.8, 0.1] / np.sum(cnn[0] * [0.1, 0.8, 0.1]), atol=1e-6)
+    assert fused[0].argmax() == 1  # the head overrules a confident network when it is more confident
+    assert np.allclose(fused[1], cnn[1], atol=1e-6)  # a uniform head changes nothing
+    assert np.allclose(fuse(cnn, head, 0.0), cnn, atol=1e-6)  # nor does a head of weight 0
+
+
+def test_a_large_group_is_standardised_with_its_own_statistics_a_single_row_with_the_prior():
+    rng = np.random.default_rng(2)
+    prior = FrameStats.of_moments(np.zeros(3), np.ones(3), PRIOR_SEGMENTS)
+    speaker = rng.normal(10.0, 3.0, size=(2000, 3))
+    standardized = group_standardized(speaker, np.zeros(len(speaker)), prior)
+    assert np.allclose(standardized.mean(axis=0), 0, atol=0.05) and np.allclose(standardized.std(axis=0), 1, atol=0.05)
+    alone = group_standardized(speaker[:1], np.zeros(1), prior)
+    # one row's own mean weighs 1 / (1 + PRIOR_SEGMENTS): it stays far from 0
+    assert np.all(np.abs(alone) > 1.0)
+
+
+def test_head_log_probabilities_standardise_each_group_apart():
+    head = random_head()
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(0, 1, (4, 6)), rng.normal(5, 2, (3, 6))
+    together = head_log_probabilities(head, np.concatenate([a, b]), np.array([0] * 4 + [1] * 3))
+    assert np.allclose(together[:4], head.log_probabilities(a, FrameStats.of(a)))
+    assert np.allclose(together[4:], head.log_probabilities(b, FrameStats.of(b)))
+
+
+def speakers_with_classes(n_speakers: int = 6, per_class: int = 20, n_labels: int = 3, seed: int = 4):
+    """Functionals where the class shifts the first two dimensions and each speaker shifts all of them."""
+    rng = np.random.default_rng(seed)
+    rows, labels, groups = [], [], []
+    for speaker in range(n_speakers):
+        offset = rng.normal(0, 8, 5)
+        for label in range(n_labels):
+            values = rng.normal(0, 1, (per_class, 5)) + offset
+            values[:, label % 2] += 2.5 * (1 if label < 2 else -1)
+            rows.append(values)
+            labels += [label] * per_class
+            groups += [speaker] * per_class
+    return np.concatenate(rows), np.array(labels), np.array(groups)
+
+
+def test_fit_head_learns_classes_through_speaker_shifts():
+    x, y, groups = speakers_with_classes(n_speakers=10)
+    head = fit_head(x[groups < 6], y[groups < 6], groups[groups < 6], n_labels=4)
+    test = groups >= 6
+    predicted = head_log_probabilities(head, x[test], groups[test]).argmax(axis=1)
+    assert np.mean(predicted == y[test]) > 0.7  # chance 1/3
+    pooled = head_log_probabilities(head, x[test], np.zeros(test.sum())).argmax(axis=1)
+    assert np.mean(predicted == y[test]) > np.mean(pooled == y[test]) + 0.1  # speakers told apart help
+    assert head.coef.shape == (4, 5)
+    assert np.exp(head_log_probabilities(head, x[test], groups[test]))[:, 3].max() < 1e-6  # never trained on
+
+
+def test_fit_head_with_two_labels_scores_both():
+    x, y, groups = speakers_with_classes(n_labels=2)
+    head = fit_head(x, y, groups, n_labels=2)
+    predicted = head_log_probabilities(head, x, groups).argmax(axis=1)
+    assert set(predicted) == {0, 1} and np.mean(predicted == y) > 0.8
+
+
+@pytest.mark.parametrize("bad", [{"coef": [[1.0]]}, {"prior": {}}])
+def test_a_card_with_a_broken_head_is_refused(tmp_path, bad):
+    import json
+
+    from sercli import EMOTIONS
+    from sercli.features import FeatureConfig
+    from sercli.model import ModelCard, ModelError
+    from sercli.prosody import n_functionals
+
+    head = random_head(len(EMOTIONS), n_functionals(FeatureConfig().n_mfcc)).to_dict()
+    card = ModelCard("m", "1", list(EMOTIONS), FeatureConfig().to_dict(), functional_head=head)
+    card.write(tmp_path / "good.json")
+    assert ModelCard.read(tmp_path / "good.json").head is not None
+    fields = json.loads((tmp_path / "good.json").read_text())
+    fields["functional_head"].update(bad)
+    (tmp_path / "bad.json").write_text(json.dumps(fields))
+    with pytest.raises(ModelError, match="functional_head"):
+        ModelCard.read(tmp_path / "bad.json")
+
+
+def test_evaluation_fuses_as_annotate_does(utterances, headed_model, tmp_path):
+    import soundfile as sf
+    from conftest import ESPEAK_RATE, speech_with_silences
+
+    from sercli.datasets import LabelledClip
+    from sercli.evaluation import extract_features, predict_clips
+    from sercli.model import load_classifier
+    from sercli.pipeline import annotate_files
+    from sercli.vad import VadConfig
+
+    classifier = load_classifier(headed_model)
+    clips = []
+    for i, utterance in enumerate(utterances[:3]):
+        signal, _ = speech_with_silences([utterance])
+        sf.write(tmp_path / f"{i}.wav", signal, ESPEAK_RATE)
+        clips.append(LabelledClip(tmp_path / f"{i}.wav", "happy"))
+    config = classifier.card.feature_config
+    data = extract_features(clips, config, VadConfig()).windows(config.window_frames, config.window_hop_frames,
+                                                                classifier.card.labels)  # fmt: skip
+    assert data.functionals.shape == (3, classifier.card.head.coef.shape[1])
+    for mode in ("recording", "folder"):
+        rows = [o.rows for o in annotate_files([c.path for c in clips], classifier, VadConfig(), normalization=mode)]
+        assert all(len(r) == 1 for r in rows)  # one segment a clip: evaluation and annotation see the same
+        fused = predict_clips(classifier.predict_proba, data, mode, classifier.card.prior, head=classifier.card.head)
+        network = predict_clips(classifier.predict_proba, data, mode, classifier.card.prior)
+        assert np.allclose(fused, [r[0].probabilities for r in rows], atol=2e-5)
+        assert not np.allclose(fused, network, atol=1e-3)
