@@ -3,6 +3,7 @@ their clean test clips standardised in groups of every size, alone or pooled wit
 
     python benchmarks/grouping.py ../shared/ravdess runs/speaker-multi-ema-seed0-2fold.cv --folds 2
     python benchmarks/grouping.py ../shared/ravdess ../shared/nemo runs/speaker-multi-ema-seed0-nemo-2fold.cv --folds 2
+    python benchmarks/grouping.py ../shared/ravdess ../shared/nemo runs/speaker-multi-ema-seed0-nemo-2fold.cv --folds 2 --head
 
 With several corpora (as ``benchmarks/training_options.py`` was given them, in the same order), the folds
 are the ones it trained (:func:`sercli.datasets.corpus_folds`) and UA is also given per corpus.
@@ -26,6 +27,8 @@ from robustness import keras_predictors
 from sercli.datasets import clip_groups, corpus_folds, find_clips, natural_key
 from sercli.evaluation import cached_features, classification_metrics, clip_probabilities, standardize_groups
 from sercli.features import FeatureConfig
+from sercli.fusion import fuse, head_log_probabilities
+from sercli.training import training_head
 from sercli.vad import VadConfig
 
 SIZES = (1, 2, 4, 8, 16, 32, None)
@@ -46,6 +49,11 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--cache", type=Path, default=Path("runs/cache"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--head",
+        action="store_true",
+        help="fuse each fold model with a functional head fitted on the fold's other speakers",
+    )
     args = parser.parse_args()
     *corpora, folds_folder = args.corpora
     features = FeatureConfig()
@@ -56,7 +64,11 @@ def main() -> None:
     folds = corpus_folds(clips, args.folds)
     names = list(dict.fromkeys(clip.corpus for clip in clips))
     predictors, priors = keras_predictors(folds_folder, args.folds)
-    print(f"{args.folds}-fold fold models of {folds_folder}, clean test clips, clip-level UA (seed {args.seed})\n")
+    speakers_all, heads = {clip.group for clip in clips}, {}
+    fused = ", fused with functional heads fitted on each fold's other speakers" if args.head else ""
+    print(
+        f"{args.folds}-fold fold models of {folds_folder}{fused}, clean test clips, clip-level UA (seed {args.seed})\n"
+    )
     by_corpus = " | ".join(f"UA {name}" for name in names) if len(names) > 1 else ""
     print(
         f"| grouping | clips per group | speech per group (s) | UA | neutral | happy | sad |{by_corpus and ' ' + by_corpus + ' |'}"
@@ -77,7 +89,13 @@ def main() -> None:
                         members = np.flatnonzero(speakers == speaker)
                         groups[members] = random_groups(members, size, rng, s * len(test.clips))
                 x = standardize_groups(test.windows, test.clip_index, test.clip_stats, groups, priors[k])
-                predicted.append(clip_probabilities(predictors[k](x), test).argmax(axis=1))
+                probabilities = clip_probabilities(predictors[k](x), test)
+                if args.head:
+                    head = heads.setdefault(k, training_head(data.for_speakers(set(speakers_all) - set(test_speakers))))
+                    probabilities = fuse(
+                        probabilities, head_log_probabilities(head, test.functionals, groups), head.weight
+                    )
+                predicted.append(probabilities.argmax(axis=1))
                 true.append(test.clip_labels)
                 corpus += [clip.corpus for clip in test.clips]
                 clip_seconds = test.clip_stats[:, 0, 0] * features.hop_length / features.sample_rate

@@ -113,22 +113,22 @@ def pitch_track(signal: np.ndarray, sample_rate: int) -> PitchTrack:
         )[:, : lags[-1] + 1]
     power = autocorrelation[:, 0]
     normalised = autocorrelation[:, lags] / np.maximum(power, 1e-12)[:, None] / window_autocorrelation[lags]
-    rows = np.arange(len(frames))
+    rows = np.arange(len(frames))[:, None]
     best = normalised.argmax(axis=1)
-    peak, shift = _parabolic_peak(normalised, best)
-    for divisor in range(lags[-1] // lags[0], 1, -1):  # a multiple of the period correlates about as well
-        candidate = np.rint((lags[best] + shift) / divisor - lags[0]).astype(int)
-        valid = candidate >= 0
-        candidate = np.clip(candidate, 0, len(lags) - 1)
-        near = np.clip(candidate[:, None] + np.arange(-1, 2), 0, len(lags) - 1)
-        local = near[rows, normalised[rows[:, None], near].argmax(axis=1)]
-        local_peak, local_shift = _parabolic_peak(normalised, local)
-        better = valid & (local < best) & (local_peak >= SUBMULTIPLE_RATIO * peak)
-        best, peak, shift = (
-            np.where(better, local, best),
-            np.where(better, local_peak, peak),
-            np.where(better, local_shift, shift),
-        )
+    peak, shift = _parabolic_peak(normalised, best[:, None])
+    # A multiple of the period correlates about as well as the period: the largest divisor of the best
+    # lag whose lag (or a neighbour) correlates nearly as well gives the period.
+    divisors = np.arange(lags[-1] // lags[0], 1, -1)
+    candidate = np.rint((lags[best][:, None] + shift) / divisors - lags[0]).astype(int)
+    near = np.clip(candidate[:, :, None] + np.arange(-1, 2), 0, len(lags) - 1)
+    local = np.take_along_axis(near, normalised[rows[:, :, None], near].argmax(axis=2)[:, :, None], 2)[:, :, 0]
+    local_peak, local_shift = _parabolic_peak(normalised, local)
+    better = (candidate >= 0) & (local < best[:, None]) & (local_peak >= SUBMULTIPLE_RATIO * peak)
+    chosen = better.argmax(axis=1)[:, None]
+    found = better.any(axis=1)
+    best = np.where(found, local[rows, chosen][:, 0], best)
+    peak = np.where(found, local_peak[rows, chosen][:, 0], peak[:, 0])
+    shift = np.where(found, local_shift[rows, chosen][:, 0], shift[:, 0])
     energy_db = 10 * np.log10(np.maximum(power / np.sum(window**2), 1e-12)).astype(np.float32)
     voiced = (peak >= VOICING_THRESHOLD) & (energy_db > energy_db.max() - SILENCE_DB)
     f0 = np.where(voiced, PITCH_RATE / (lags[best] + shift), np.nan).astype(np.float32)
@@ -137,8 +137,11 @@ def pitch_track(signal: np.ndarray, sample_rate: int) -> PitchTrack:
 
 def _parabolic_peak(values: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Height and position (in lags, -0.5..0.5 from ``index``) of the parabola through each row's
-    ``values`` at ``index - 1``, ``index`` and ``index + 1``: a peak between two lags."""
-    rows = np.arange(len(values))
+    ``values`` at ``index - 1``, ``index`` and ``index + 1``: a peak between two lags.
+
+    ``values`` is ``(n_frames, n_lags)``, ``index`` ``(n_frames, k)``; both results are ``(n_frames, k)``.
+    """
+    rows = np.arange(len(values))[:, None]
     centre = values[rows, index]
     left = values[rows, np.maximum(index - 1, 0)]
     right = values[rows, np.minimum(index + 1, values.shape[1] - 1)]
@@ -198,7 +201,7 @@ def prosody_functionals(track: PitchTrack) -> np.ndarray:
             f0_p50_st=p50,
             f0_p90_st=p90,
             f0_range_st=p90 - p10,
-            f0_slope_st_per_s=np.polyfit(times, semitones, 1)[0] if np.ptp(times) > 0 else 0.0,
+            f0_slope_st_per_s=_slope(times, semitones),
             f0_delta_st=np.abs(steps).mean() if len(steps) else 0.0,
             f0_rising_fraction=(steps > 0).mean() if len(steps) else 0.0,
             voicing_mean=track.voicing[voiced].mean(),
@@ -221,6 +224,12 @@ def functional_names(n_mfcc: int) -> list[str]:
         *(f"mfcc{i}_delta" for i in range(n_mfcc)),
         *(f"mfcc{i}_range" for i in range(min(n_mfcc, RANGE_COEFFICIENTS))),
     ]
+
+
+def _slope(x: np.ndarray, y: np.ndarray) -> float:
+    """Least-squares slope of ``y`` against ``x`` (0 when ``x`` does not vary)."""
+    spread = np.square(x - x.mean()).sum()
+    return float(((x - x.mean()) * (y - y.mean())).sum() / spread) if spread > 0 else 0.0
 
 
 def n_functionals(n_mfcc: int) -> int:
