@@ -28,7 +28,7 @@ from sercli.datasets import clip_groups, corpus_folds, find_clips, natural_key
 from sercli.evaluation import cached_features, classification_metrics, clip_probabilities, standardize_groups
 from sercli.features import FeatureConfig
 from sercli.fusion import fuse, head_log_probabilities
-from sercli.training import training_head
+from sercli.training import TrainConfig, degraded_variants, training_head
 from sercli.vad import VadConfig
 
 SIZES = (1, 2, 4, 8, 16, 32, None)
@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument(
         "--head",
         action="store_true",
-        help="fuse each fold model with a functional head fitted on the fold's other speakers",
+        help="fuse each fold model with a functional head fitted on the fold's other speakers (clean and degraded)",
     )
     args = parser.parse_args()
     *corpora, folds_folder = args.corpora
@@ -64,7 +64,12 @@ def main() -> None:
     folds = corpus_folds(clips, args.folds)
     names = list(dict.fromkeys(clip.corpus for clip in clips))
     predictors, priors = keras_predictors(folds_folder, args.folds)
-    speakers_all, heads = {clip.group for clip in clips}, {}
+    heads = []
+    if args.head:  # fitted on the clean clips of the fold's other speakers and their degraded copies
+        copies = degraded_variants(clips, features, VadConfig(), TrainConfig(), args.cache, folds)
+        training = [data] + [copy.windows(features.window_frames, features.window_hop_frames) for copy in copies]
+        speakers_all = {clip.group for clip in clips}
+        heads = [training_head([t.for_speakers(speakers_all - set(fold)) for t in training]) for fold in folds]
     fused = ", fused with functional heads fitted on each fold's other speakers" if args.head else ""
     print(
         f"{args.folds}-fold fold models of {folds_folder}{fused}, clean test clips, clip-level UA (seed {args.seed})\n"
@@ -91,10 +96,8 @@ def main() -> None:
                 x = standardize_groups(test.windows, test.clip_index, test.clip_stats, groups, priors[k])
                 probabilities = clip_probabilities(predictors[k](x), test)
                 if args.head:
-                    head = heads.setdefault(k, training_head(data.for_speakers(set(speakers_all) - set(test_speakers))))
-                    probabilities = fuse(
-                        probabilities, head_log_probabilities(head, test.functionals, groups), head.weight
-                    )
+                    scores = head_log_probabilities(heads[k], test.functionals, groups)
+                    probabilities = fuse(probabilities, scores, heads[k].weight)
                 predicted.append(probabilities.argmax(axis=1))
                 true.append(test.clip_labels)
                 corpus += [clip.corpus for clip in test.clips]

@@ -26,6 +26,7 @@ from sercli.features import FeatureConfig
 from sercli.model import ModelCard
 from sercli.normalization import FrameStats
 from sercli.robustness import CnnFolds, OpenSmileBaseline, format_table, robustness_table
+from sercli.training import TrainConfig, degraded_variants
 from sercli.vad import VadConfig
 
 
@@ -55,7 +56,8 @@ def main() -> None:
         metavar="NAME=FOLDER[:GROUPING][+head]",
         help="fold models of a cross-validation; test clips standardised per speaker (default), "
         "mixed (a fold's test clips together: a folder of clips of several speakers), recording (per clip) or none; "
-        "+head fuses each fold model with a functional head fitted on its training clips",
+        "+head fuses each fold model with a functional head fitted on its training clips, clean and as the "
+        "degraded copies of today's TrainConfig (cached by the training run)",
     )
     parser.add_argument(
         "--baseline", action="store_true", help="add openSMILE eGeMAPS + LogReg, per speaker and global"
@@ -72,6 +74,13 @@ def main() -> None:
     features, vad = FeatureConfig(), VadConfig()
     clips = find_clips(args.ravdess, "ravdess")
     folds = speaker_folds([c.speaker for c in clips], args.folds)
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr)
+
+    copies = []
+    if any(spec.endswith("+head") for spec in args.cnn):
+        copies = degraded_variants(clips, features, vad, TrainConfig(), args.cache, folds, log=log)
     systems = []
     loaded: dict[str, list] = {}
     for spec in args.cnn:
@@ -79,14 +88,14 @@ def main() -> None:
         folder, _, grouping = target.partition(":")
         grouping, _, head = grouping.partition("+")
         predictors, priors = loaded.setdefault(folder, keras_predictors(Path(folder), args.folds))
-        systems.append(CnnFolds(name, predictors, features, grouping or "speaker", priors, head == "head"))
+        systems.append(
+            CnnFolds(name, predictors, features, grouping or "speaker", priors, head == "head", copies if head else ())
+        )
     if args.baseline:
         systems.append(OpenSmileBaseline("openSMILE per speaker", per_speaker=True, cache=args.cache))
         systems.append(OpenSmileBaseline("openSMILE global", per_speaker=False, cache=args.cache))
     conditions = args.condition or list(CONDITIONS)
-    table = robustness_table(
-        systems, clips, folds, conditions, features, vad, cache=args.cache, log=lambda m: print(m, file=sys.stderr)
-    )
+    table = robustness_table(systems, clips, folds, conditions, features, vad, cache=args.cache, log=log)
     actors = sorted({int(c.speaker) for c in clips})
     protocol = (
         f"{args.folds}-fold leave-actors-out over actors {actors[0]:02d}-{actors[-1]:02d} ({len(actors)} actors, "

@@ -2,8 +2,9 @@
 
 The CNN-BiLSTM reads local spectral patterns, one second at a time; the head reads the
 whole segment's prosody and voice quality (:mod:`sercli.prosody`). Their log-probabilities
-are added (a product of experts), which on speakers neither had heard gained 8 points of
-UA over the CNN alone (docs/training.md).
+are added (a product of experts), which on speakers neither had heard gained 8-11 points of
+clip-level UA over the CNN alone, however the clips were grouped (2-fold, RAVDESS + nEMO,
+docs/training.md).
 
 Like the MFCCs, the functionals are standardised over a group of segments that share a
 voice and a channel, with the training set's statistics added as ``PRIOR_SEGMENTS``
@@ -14,6 +15,7 @@ speech with its own.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -144,20 +146,28 @@ def head_log_probabilities(head: FunctionalHead, functionals: np.ndarray, groups
     return out
 
 
-def fit_head(functionals: np.ndarray, labels: np.ndarray, groups: np.ndarray, n_labels: int) -> FunctionalHead:
-    """Fit a head on training segments, each standardised twice: over its group (its speaker) and alone
-    (with the prior), so the head knows both ends of what ``annotate`` gives it (2-fold, RAVDESS + nEMO:
-    +4 points for a segment alone or a folder of several speakers, -0.6 per speaker).
+def fit_head(
+    functionals: Sequence[np.ndarray], labels: np.ndarray, groups: np.ndarray, n_labels: int
+) -> FunctionalHead:
+    """Fit a head on training segments, clean and as each degraded copy, as the network is trained.
+
+    Each copy's rows are standardised twice: over their group within that copy (a speaker's clips
+    through the same kind of degradation) and alone (with the prior), so the head knows both ends of
+    what ``annotate`` gives it (2-fold, RAVDESS + nEMO: +4 points for a segment alone or a folder of
+    several speakers, -0.6 per speaker). The degraded copies keep the head from trusting what noise
+    moves: fitted on clean clips alone, a noisy or phone-line clip standardised alone was labelled
+    worse fused than by the network alone (2-fold RAVDESS, docs/training.md).
 
     Classes are weighted inversely to their frequency, as the CNN's training batches are.
 
     Parameters
     ----------
-    functionals : np.ndarray, shape (n, n_functionals)
+    functionals : sequence of np.ndarray, each of shape (n, n_functionals)
+        The same ``n`` segments, clean and each degraded copy (one array for clean only).
     labels : np.ndarray of int, shape (n,)
         Indices into the model's labels.
     groups : np.ndarray, shape (n,)
-        Each row's speaker (or recording when speakers are unknown).
+        Each segment's speaker (or recording when speakers are unknown).
     n_labels : int
         The model's number of labels; a label with no training row is never predicted.
 
@@ -167,14 +177,16 @@ def fit_head(functionals: np.ndarray, labels: np.ndarray, groups: np.ndarray, n_
     """
     from sklearn.linear_model import LogisticRegression
 
-    functionals = np.asarray(functionals, dtype=np.float64)
-    pooled = FrameStats.of(functionals)
+    rows = np.concatenate(functionals).astype(np.float64)
+    group_ids = np.unique(groups, return_inverse=True)[1]
+    within_copy = np.concatenate([group_ids + k * len(group_ids) for k in range(len(functionals))])
+    pooled = FrameStats.of(rows)
     prior = FrameStats.of_moments(pooled.mean, pooled.std, PRIOR_SEGMENTS)
     x = np.concatenate(
-        [group_standardized(functionals, groups, prior), group_standardized(functionals, np.arange(len(labels)), prior)]
+        [group_standardized(rows, within_copy, prior), group_standardized(rows, np.arange(len(rows)), prior)]
     )
     regression = LogisticRegression(C=REGULARIZATION, class_weight="balanced", max_iter=3000)
-    regression.fit(x, np.concatenate([labels, labels]))
+    regression.fit(x, np.tile(labels, 2 * len(functionals)))
     coef = np.zeros((n_labels, x.shape[1]))
     intercept = np.full(n_labels, -30.0)  # labels never seen in training
     if len(regression.classes_) == 2:  # sklearn gives one row for two classes: logit of the second

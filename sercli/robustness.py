@@ -133,19 +133,29 @@ class CnnFolds:
         Fold ``k``'s prior (:func:`sercli.training.training_prior`); none for models trained without.
     head : bool
         Fuse each fold model with a functional head (:func:`sercli.fusion.fit_head`) fitted on the
-        fold's clean training clips, as :func:`sercli.training.cross_validate` does; its test
+        fold's training clips, as :func:`sercli.training.cross_validate` does; its test
         functionals are standardised over the same groups as the MFCCs.
+    copies : list of ClipFeatures
+        The degraded training copies of the clean clips (:func:`sercli.training.degraded_variants`
+        with the benchmark's folds, the fold models' own), fitted on with them.
     """
 
     GROUPINGS = ("speaker", "mixed", "recording", "none")
 
     def __init__(
-        self, name: str, predictors: list, features: FeatureConfig, grouping: str, priors=None, head: bool = False
+        self,
+        name: str,
+        predictors: list,
+        features: FeatureConfig,
+        grouping: str,
+        priors=None,
+        head: bool = False,
+        copies: Sequence[ClipFeatures] = (),
     ):
         if grouping not in self.GROUPINGS:
             raise ValueError(f"grouping must be one of {', '.join(self.GROUPINGS)}, not {grouping!r}")
         self.name, self.predictors, self.features, self.grouping = name, predictors, features, grouping
-        self.priors, self.head = priors or [None] * len(predictors), head
+        self.priors, self.head, self.copies = priors or [None] * len(predictors), head, list(copies)
         self._windows: dict[str, object] = {}
         self._heads: dict[int, FunctionalHead] = {}
 
@@ -169,7 +179,8 @@ class CnnFolds:
         if fold not in self._heads:
             labels = np.array([subset.labels.index(clean.clips[i].label) for i in train])
             speakers = clip_groups([clean.clips[i] for i in train])
-            self._heads[fold] = fit_head(clean.features.functionals[train], labels, speakers, len(subset.labels))
+            rows = [copy.functionals[train] for copy in [clean.features, *self.copies]]
+            self._heads[fold] = fit_head(rows, labels, speakers, len(subset.labels))
         head = self._heads[fold]
         if groups is None:
             scores = head.log_probabilities(subset.functionals, FrameStats.empty(subset.functionals.shape[1]))

@@ -300,7 +300,7 @@ def cross_validate(
             write_prior(prior, fold_model.with_suffix(".prior.json"))
             test = data.for_speakers(test_speakers)
             network = predict_clips(lambda w, m=model: _predict(m, w), test, _eval_normalization(config), prior)
-            head = training_head(train[0])
+            head = training_head(train)
             groups = normalization_groups(test.clips, _eval_normalization(config))
             fused = fuse(network, head_log_probabilities(head, test.functionals, groups), head.weight)
             done[str(k)] = {
@@ -356,10 +356,14 @@ def fold_model_path(checkpoint: Path, fold: int) -> Path:
     return checkpoint.with_suffix("") / f"fold-{fold}.keras"
 
 
-def training_head(train: WindowSet) -> FunctionalHead:
-    """The functional head (:func:`sercli.fusion.fit_head`) of the clean training clips, each standardised
-    over its speaker's clips (its recording's when speakers are unknown)."""
-    return fit_head(train.functionals, train.clip_labels, clip_groups(train.clips), len(train.labels))
+def training_head(train: list[WindowSet]) -> FunctionalHead:
+    """The functional head (:func:`sercli.fusion.fit_head`) of the training clips, clean and each degraded
+    copy (``train``: the same clips, as :func:`fit` takes them), standardised over each speaker's clips
+    (each recording's when speakers are unknown)."""
+    clean = train[0]
+    return fit_head(
+        [copy.functionals for copy in train], clean.clip_labels, clip_groups(clean.clips), len(clean.labels)
+    )
 
 
 def training_prior(train: WindowSet, config: TrainConfig, base: BaseModel | None = None) -> FrameStats:
@@ -766,7 +770,7 @@ def train_model(
     log(f"final model: training on {len(train_speakers)} speakers for up to {config.epochs} epochs")
     model, history = fit(train, held_out, config, log, base)
     normalization, prior = _eval_normalization(config), training_prior(train[0], config, base)
-    head = training_head(train[0])
+    head = training_head(train)
     predict = lambda w: _predict(model, w)
     if held_out is not None:
         metrics["validation"] = evaluate_clips(predict, held_out, normalization, prior=prior, head=head)

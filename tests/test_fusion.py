@@ -88,7 +88,7 @@ def speakers_with_classes(n_speakers: int = 6, per_class: int = 20, n_labels: in
 
 def test_fit_head_learns_classes_through_speaker_shifts():
     x, y, groups = speakers_with_classes(n_speakers=10)
-    head = fit_head(x[groups < 6], y[groups < 6], groups[groups < 6], n_labels=4)
+    head = fit_head([x[groups < 6]], y[groups < 6], groups[groups < 6], n_labels=4)
     test = groups >= 6
     predicted = head_log_probabilities(head, x[test], groups[test]).argmax(axis=1)
     assert np.mean(predicted == y[test]) > 0.7  # chance 1/3
@@ -100,9 +100,31 @@ def test_fit_head_learns_classes_through_speaker_shifts():
 
 def test_fit_head_with_two_labels_scores_both():
     x, y, groups = speakers_with_classes(n_labels=2)
-    head = fit_head(x, y, groups, n_labels=2)
+    head = fit_head([x], y, groups, n_labels=2)
     predicted = head_log_probabilities(head, x, groups).argmax(axis=1)
     assert set(predicted) == {0, 1} and np.mean(predicted == y) > 0.8
+
+
+def test_fit_head_on_degraded_copies_leans_on_what_survives_them():
+    # functional 0 tells the classes apart on clean clips; in the degraded copies it is raised by the noise and
+    # tells nothing (as a noise floor moves energy); functional 1 tells them apart in both
+    x, y, groups = speakers_with_classes(n_labels=2, n_speakers=8)
+    rng = np.random.default_rng(3)
+    x[:, 1] = 0.8 * np.where(y == 0, 1.0, -1.0) + rng.normal(0, 1, len(y))
+    noisy = x.copy()
+    noisy[:, 0] = rng.normal(20, 3, len(y))
+    train, test = groups < 5, groups >= 5
+    clean_only = fit_head([x[train]], y[train], groups[train], n_labels=2)
+    with_copies = fit_head([x[train], noisy[train]], y[train], groups[train], n_labels=2)
+    assert abs(with_copies.coef[1, 0]) < abs(clean_only.coef[1, 0])
+    assert abs(with_copies.coef[1, 1]) > abs(clean_only.coef[1, 1])
+
+    def accuracy(head, values, groups):
+        return np.mean(head_log_probabilities(head, values[test], groups).argmax(axis=1) == y[test])
+
+    alone = np.arange(test.sum())  # each noisy clip standardised alone: the shift is not taken out
+    assert accuracy(with_copies, noisy, alone) > accuracy(clean_only, noisy, alone) + 0.1
+    assert accuracy(with_copies, x, groups[test]) > 0.75  # still right on clean clips, per speaker
 
 
 @pytest.mark.parametrize("bad", [{"coef": [[1.0]]}, {"prior": {}}])
