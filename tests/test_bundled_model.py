@@ -35,7 +35,7 @@ def test_models_shows_the_figure_the_card_is_judged_by_within_80_columns():
     shown = sercli("models", env={**os.environ, "COLUMNS": "80"}).stdout
     card = ModelCard.read(card_path(bundled_model_path()))
     clean = card.metrics["robustness_5fold"]["unweighted_accuracy"]["bundled"]["clean"]
-    assert f"UA on new speakers │ {clean:.3f} on clean clips (5-fold" in shown
+    assert f"UA on new speakers │ {clean:.3f}, clean (5-fold" in shown
     assert "robustness_5fold: clip-level UA" in shown and "telephone" in shown
     assert "robustness_2fold" not in shown  # superseded by the 5-fold table; it stays in the card
     assert "cross_validation: UA" in shown and "2-fold, per fold" in shown

@@ -147,3 +147,21 @@ def test_export_model_rewrites_only_the_litert_export(random_model, tmp_path, sp
         load_classifier(keras_path).predict_proba(speech_windows),
         atol=2e-3,
     )
+
+
+def test_headline_prefers_five_fold_tables_then_cross_validation_then_two_fold_tables():
+    table = {"protocol": "2-fold leave-speakers-out, clip-level UA", "unweighted_accuracy": {}}
+    grouping = {**table, "unweighted_accuracy": {"bundled": {"per speaker": 0.6, "each clip alone": 0.5}}}
+    cv = {"pooled": {"unweighted_accuracy": 0.55}, "folds": [{}, {}, {}]}
+    robustness = {
+        "protocol": "5-fold leave-actors-out, clip-level UA",
+        "unweighted_accuracy": {"bundled": {"clean": 0.52, "telephone": 0.43}},
+    }
+    card = ModelCard(name="m", version="0", labels=["a", "b"], features={})
+    assert card.headline() is None
+    card.metrics = {"grouping_2fold": grouping}
+    assert card.headline() == "0.600, per speaker (2-fold leave-speakers-out)"
+    card.metrics["cross_validation"] = cv
+    assert card.headline() == "0.550 (3-fold cross-validation)"
+    card.metrics["robustness_5fold"] = robustness
+    assert card.headline() == "0.520, clean (5-fold leave-actors-out)"
