@@ -26,7 +26,6 @@ from sercli.features import FeatureConfig
 from sercli.model import ModelCard
 from sercli.normalization import FrameStats
 from sercli.robustness import CnnFolds, OpenSmileBaseline, format_table, robustness_table
-from sercli.training import TrainConfig, degraded_variants
 from sercli.vad import VadConfig
 
 
@@ -80,6 +79,10 @@ def main() -> None:
 
     copies = []
     if any(spec.endswith("+head") for spec in args.cnn):
+        # imported here: sercli.training imports TensorFlow, which openSMILE's worker process (it imports
+        # this module afresh) must not have beside it
+        from sercli.training import TrainConfig, degraded_variants
+
         copies = degraded_variants(clips, features, vad, TrainConfig(), args.cache, folds, log=log)
     systems = []
     loaded: dict[str, list] = {}
