@@ -2,9 +2,9 @@
 
 The CNN-BiLSTM reads local spectral patterns, one second at a time; the head reads the
 whole segment's prosody and voice quality (:mod:`sercli.prosody`). Their log-probabilities
-are added (a product of experts), which on speakers neither had heard gained 8-11 points of
-clip-level UA over the CNN alone, however the clips were grouped (2-fold, RAVDESS + nEMO,
-docs/training.md).
+are added (a product of experts), which on speakers neither had heard gained 5-11 points of
+clip-level UA over the CNN alone in every condition and grouping measured (2-fold RAVDESS,
+docs/robustness.md).
 
 Like the MFCCs, the functionals are standardised over a group of segments that share a
 voice and a channel, with the training set's statistics added as ``PRIOR_SEGMENTS``

@@ -108,20 +108,18 @@ class ModelCard:
 
     def headline(self) -> str | None:
         """The figure the model is judged by, as a line: clip-level UA on speakers it never heard, from
-        a 5-fold table of the benchmarks (``robustness_5fold``, ``grouping_5fold``: the model's own
-        column, first row), else its cross-validation, else a 2-fold table; None when the card has none."""
-        five_fold = [key for key in ("robustness_5fold", "grouping_5fold") if key in self.metrics]
-        two_fold = [key for key in ("robustness_2fold", "grouping_2fold") if key in self.metrics]
+        its 5-fold robustness table (the model's own column, first row), else its cross-validation, else
+        its 2-fold robustness table; None when the card has none of them."""
         cv = self.metrics.get("cross_validation")
-        if cv and not five_fold:
+        if cv and "robustness_5fold" not in self.metrics:
             pooled = cv["pooled"]
             interval = (
                 f", 95 % CI {pooled['ua_ci95'][0]:.3f}-{pooled['ua_ci95'][1]:.3f}" if pooled.get("ua_ci95") else ""
             )
             return f"{pooled['unweighted_accuracy']:.3f} ({len(cv['folds'])}-fold cross-validation{interval})"
-        if not five_fold + two_fold:
+        table = self.metrics.get("robustness_5fold") or self.metrics.get("robustness_2fold")
+        if table is None:
             return None
-        table = self.metrics[(five_fold + two_fold)[0]]
         row, ua = next(iter(next(iter(table["unweighted_accuracy"].values())).items()))
         return f"{ua:.3f}, {row} ({table['protocol'].split(', clip-level')[0]})"
 

@@ -150,8 +150,10 @@ def test_export_model_rewrites_only_the_litert_export(random_model, tmp_path, sp
 
 
 def test_headline_prefers_five_fold_tables_then_cross_validation_then_two_fold_tables():
-    table = {"protocol": "2-fold leave-speakers-out, clip-level UA", "unweighted_accuracy": {}}
-    grouping = {**table, "unweighted_accuracy": {"bundled": {"per speaker": 0.6, "each clip alone": 0.5}}}
+    two_fold = {
+        "protocol": "2-fold leave-speakers-out, clip-level UA",
+        "unweighted_accuracy": {"bundled": {"per speaker": 0.6, "each clip alone": 0.5}},
+    }
     cv = {"pooled": {"unweighted_accuracy": 0.55}, "folds": [{}, {}, {}]}
     robustness = {
         "protocol": "5-fold leave-actors-out, clip-level UA",
@@ -159,7 +161,7 @@ def test_headline_prefers_five_fold_tables_then_cross_validation_then_two_fold_t
     }
     card = ModelCard(name="m", version="0", labels=["a", "b"], features={})
     assert card.headline() is None
-    card.metrics = {"grouping_2fold": grouping}
+    card.metrics = {"robustness_2fold": two_fold}
     assert card.headline() == "0.600, per speaker (2-fold leave-speakers-out)"
     card.metrics["cross_validation"] = cv
     assert card.headline() == "0.550 (3-fold cross-validation)"
