@@ -4,13 +4,14 @@
 
 For a model whose network is still right but whose head was fitted by an earlier recipe: the head
 (:func:`sercli.training.training_head`) is fitted anew on every speaker's clips, clean and as the degraded
-copies the card's training settings make (found in the cache when the training run left them there), and
-where it came from is recorded (``training.functional_head``). The network's weights are not touched.
+copies the card's training settings make (found in the cache when the training run left them there), with today's functionals
+(:func:`sercli.prosody.functional_names`), and where it came from is recorded (``training.functional_head``). The network's weights are not touched.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from datetime import date
 from pathlib import Path
 
@@ -27,7 +28,8 @@ def main() -> None:
     parser.add_argument("corpora", type=Path, nargs="+", help="the model's training corpus folders")
     parser.add_argument("--cache", type=Path, default=Path("runs/cache"))
     args = parser.parse_args()
-    card = ModelCard.read(args.card)
+    # not ModelCard.read: it rejects a head of another number of functionals than today's, which this replaces
+    card = ModelCard(**json.loads(args.card.read_text()))
     features, vad = card.feature_config, VadConfig(**card.training["vad"])
     config = TrainConfig(**card.training["hyperparameters"])
     clips = [clip for corpus in args.corpora for clip in find_clips(corpus)]

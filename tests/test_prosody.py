@@ -10,6 +10,7 @@ from sercli.prosody import (
     pitch_track,
     prosody_functionals,
     segment_functionals,
+    spectral_shape,
 )
 
 SR = 16000
@@ -70,8 +71,48 @@ def test_bursts_of_voicing_count_as_onsets():
     assert values["voiced_fraction"] == pytest.approx(0.5, abs=0.1)
     assert values["voiced_onsets_per_s"] == pytest.approx(2.5, abs=0.3)
     assert values["voiced_energy_gain_db"] > 3
+    assert values["voiced_run_mean_s"] == pytest.approx(0.2, abs=0.04)
+    assert values["unvoiced_run_mean_s"] == pytest.approx(0.2, abs=0.04)
+    assert values["unvoiced_centroid_khz_mean"] > 1.5 > values["centroid_khz_mean"]  # hiss is bright, the tone dull
     silent = np.concatenate([tone, np.zeros(SR // 5, dtype=np.float32)] * 5)
-    assert prosody_functionals(pitch_track(silent, SR))[0] > 0.9  # silence is not counted as unvoiced speech
+    values = dict(zip(FUNCTIONAL_NAMES, prosody_functionals(pitch_track(silent, SR))))
+    assert values["voiced_fraction"] > 0.9  # silence is not counted as unvoiced speech
+    assert values["unvoiced_run_mean_s"] == values["unvoiced_centroid_khz_mean"] == 0.0
+
+
+def test_first_harmonic_over_second_is_their_level_difference():
+    # harmonics of amplitude 1/k: H1 is 20 log10(2) = 6 dB above H2
+    track = pitch_track(harmonic_tone(np.full(SR, 200.0)), SR)
+    shape = spectral_shape(track.power, track.f0_hz)
+    voiced = ~np.isnan(track.f0_hz)
+    assert np.median(shape["h1_h2_db"][voiced]) == pytest.approx(6.0, abs=0.7)
+    assert np.isnan(shape["h1_h2_db"][~voiced]).all()
+
+
+def test_a_pressed_bright_voice_has_a_flatter_spectrum_than_a_breathy_dull_one():
+    phase = 2 * np.pi * 150 * np.arange(SR) / SR
+    bright = 0.05 * sum(np.sin(k * phase) for k in range(1, 26))  # flat harmonics up to 3.75 kHz
+    dull = 0.3 * sum(np.sin(k * phase) / k**2 for k in range(1, 26))  # -12 dB an octave
+    values = {}
+    for name, signal in (("bright", bright), ("dull", dull)):
+        functionals = prosody_functionals(pitch_track(signal.astype(np.float32), SR))
+        values[name] = dict(zip(FUNCTIONAL_NAMES, functionals))
+    bright, dull = values["bright"], values["dull"]
+    assert bright["alpha_ratio_db_mean"] < dull["alpha_ratio_db_mean"]
+    assert bright["hammarberg_db_mean"] < dull["hammarberg_db_mean"]
+    assert bright["centroid_khz_mean"] > 1.0 > dull["centroid_khz_mean"]
+    assert bright["slope_500_1500_db_per_khz_mean"] > dull["slope_500_1500_db_per_khz_mean"]
+    assert bright["h1_h2_db_mean"] == pytest.approx(0.0, abs=1.0)
+    assert bright["band_2000_4000_db"] > -10 > dull["band_2000_4000_db"]
+
+
+def test_band_levels_of_a_pure_tone_put_all_energy_in_its_band():
+    tone = (0.3 * np.sin(2 * np.pi * 700 * np.arange(SR) / SR)).astype(np.float32)
+    track = pitch_track(tone, SR)
+    shape = spectral_shape(track.power, track.f0_hz)
+    assert np.median(shape["band_500_1000_db"]) == pytest.approx(0.0, abs=0.1)
+    assert np.median(shape["band_0_500_db"]) < -20 and np.median(shape["band_2000_4000_db"]) < -20
+    assert np.median(shape["centroid_khz"]) == pytest.approx(0.7, abs=0.02)
 
 
 def test_segment_functionals_are_prosody_then_mfcc_moments():
