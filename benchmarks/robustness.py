@@ -25,8 +25,16 @@ from sercli.datasets import find_clips, speaker_folds
 from sercli.features import FeatureConfig
 from sercli.model import ModelCard
 from sercli.normalization import FrameStats
-from sercli.robustness import CnnFolds, OpenSmileBaseline, format_table, robustness_table
+from sercli.robustness import CnnFolds, OpenSmileBaseline, card_entry, format_table, robustness_table
 from sercli.vad import VadConfig
+
+GROUPINGS = {
+    "speaker": "the test clips standardised over their actor",
+    "mixed": "a fold's test clips standardised as one group",
+    "recording": "each clip standardised alone",
+    "none": "no standardisation",
+}
+"""How each ``--cnn`` grouping standardises the test clips, in the protocol's words."""
 
 
 def keras_predictors(folder: Path, folds: int) -> tuple[list, list]:
@@ -84,7 +92,7 @@ def main() -> None:
         from sercli.training import TrainConfig, degraded_variants
 
         copies = degraded_variants(clips, features, vad, TrainConfig(), args.cache, folds, log=log)
-    systems = []
+    systems, described = [], []
     loaded: dict[str, list] = {}
     for spec in args.cnn:
         name, _, target = spec.partition("=")
@@ -94,6 +102,7 @@ def main() -> None:
         systems.append(
             CnnFolds(name, predictors, features, grouping or "speaker", priors, head == "head", copies if head else ())
         )
+        described.append(f"{name}: {GROUPINGS[grouping or 'speaker']}{', fused with the head' if head else ''}")
     if args.baseline:
         systems.append(OpenSmileBaseline("openSMILE per speaker", per_speaker=True, cache=args.cache))
         systems.append(OpenSmileBaseline("openSMILE global", per_speaker=False, cache=args.cache))
@@ -104,20 +113,15 @@ def main() -> None:
         f"{args.folds}-fold leave-actors-out over actors {actors[0]:02d}-{actors[-1]:02d} ({len(actors)} actors, "
         f"{len(actors) // args.folds} tested a fold), clip-level UA; each condition applied alone to the test clips"
     )
+    protocol += "".join(f"; {line}" for line in described)
     print(protocol + "\n")
     print(format_table(table, args.per_class))
     if args.json:
         args.json.write_text(json.dumps(table, indent=1))
     if args.card:
         card = ModelCard.read(args.card)
-        card.metrics[f"robustness_{args.folds}fold"] = {
-            "protocol": protocol,
-            "command": "python benchmarks/robustness.py " + " ".join(sys.argv[1:]),
-            "unweighted_accuracy": {
-                system: {condition: round(m["unweighted_accuracy"], 4) for condition, m in rows.items()}
-                for system, rows in table.items()
-            },
-        }
+        command = "python benchmarks/robustness.py " + " ".join(sys.argv[1:])
+        card.metrics[f"robustness_{args.folds}fold"] = card_entry(table, protocol, command)
         card.write(args.card)
 
 

@@ -681,7 +681,8 @@ def _print_metrics(metrics: dict, out: Console = console) -> None:
 
 
 def _print_robustness(name: str, block: dict, out: Console = console) -> None:
-    """The robustness benchmark's UA table, as ``benchmarks/robustness.py --card`` stores it."""
+    """The robustness benchmark's UA table and recall by class on clean clips, as
+    :func:`sercli.robustness.card_entry` stores them."""
     systems = block["unweighted_accuracy"]
     table = Table(title=f"{name}: clip-level UA", caption=block["protocol"])
     table.add_column("condition", no_wrap=True)
@@ -690,6 +691,13 @@ def _print_robustness(name: str, block: dict, out: Console = console) -> None:
     for condition in next(iter(systems.values())):
         table.add_row(condition, *(f"{figures[condition]:.3f}" for figures in systems.values()))
     out.print(table)
+    if "clean_recall" in block:
+        recall = block["clean_recall"]
+        labels = list(next(iter(recall.values())))
+        table = Table("system", *[label[:4] for label in labels], title=f"{name}: recall by class, clean")
+        for system, figures in recall.items():
+            table.add_row(system, *("-" if figures[label] is None else f"{figures[label]:.2f}" for label in labels))
+        out.print(table)
 
 
 def _print_by_speaker(by_speaker: dict, out: Console = console) -> None:

@@ -326,3 +326,40 @@ def format_table(table: dict[str, dict[str, dict]], per_class: bool = False) -> 
                 cells = ("-" if recall[label] is None else f"{recall[label]:.2f}" for label in labels)
                 lines.append(f"| {condition} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def card_entry(table: dict[str, dict[str, dict]], protocol: str, command: str) -> dict:
+    """The table as a model card stores it (``metrics.robustness_<N>fold``, shown by ``sercli models``).
+
+    Parameters
+    ----------
+    table : dict
+        :func:`robustness_table`'s result.
+    protocol, command : str
+        How the figures were made, in words and as the command that makes them again.
+
+    Returns
+    -------
+    dict
+        ``protocol``, ``command``, ``unweighted_accuracy`` (``{system: {condition: UA}}``) and, when the
+        table has clean clips, ``clean_recall`` (``{system: {label: recall}}``, None for a label never
+        tested); figures rounded to 4 places.
+    """
+
+    def rounded(value: float | None) -> float | None:
+        return None if value is None else round(value, 4)
+
+    entry = {
+        "protocol": protocol,
+        "command": command,
+        "unweighted_accuracy": {
+            system: {condition: rounded(m["unweighted_accuracy"]) for condition, m in rows.items()}
+            for system, rows in table.items()
+        },
+    }
+    if all("clean" in rows for rows in table.values()):
+        entry["clean_recall"] = {
+            system: {label: rounded(r) for label, r in rows["clean"]["per_class_recall"].items()}
+            for system, rows in table.items()
+        }
+    return entry

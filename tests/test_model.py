@@ -10,6 +10,7 @@ import pytest
 from sercli import EMOTIONS
 from sercli.features import signal_windows
 from sercli.model import ModelCard, ModelError, card_path, file_sha256, load_classifier
+from sercli.robustness import card_entry
 
 
 @pytest.fixture(scope="module")
@@ -167,3 +168,25 @@ def test_headline_prefers_five_fold_tables_then_cross_validation_then_two_fold_t
     assert card.headline() == "0.550 (3-fold cross-validation)"
     card.metrics["robustness_5fold"] = robustness
     assert card.headline() == "0.520, clean (5-fold leave-actors-out)"
+
+
+def test_a_robustness_table_enters_the_card_with_its_clean_recall():
+    def metrics(ua, recall):
+        return {"unweighted_accuracy": ua, "per_class_recall": recall, "n": 8}
+
+    table = {
+        "bundled": {"clean": metrics(0.612345, {"sad": 0.25, "calm": None}), "telephone": metrics(0.5, {})},
+        "network only": {"clean": metrics(0.4, {"sad": 0.123456, "calm": 1.0}), "telephone": metrics(0.3, {})},
+    }
+    entry = card_entry(table, "2-fold leave-actors-out", "python benchmarks/robustness.py x")
+    assert entry["unweighted_accuracy"] == {
+        "bundled": {"clean": 0.6123, "telephone": 0.5},
+        "network only": {"clean": 0.4, "telephone": 0.3},
+    }
+    assert entry["clean_recall"] == {
+        "bundled": {"sad": 0.25, "calm": None},
+        "network only": {"sad": 0.1235, "calm": 1.0},
+    }
+    assert entry["protocol"] == "2-fold leave-actors-out" and entry["command"].endswith("robustness.py x")
+    del table["bundled"]["clean"]
+    assert "clean_recall" not in card_entry(table, "", "")  # recall only where every system has clean clips
