@@ -28,14 +28,6 @@ from sercli.normalization import FrameStats
 from sercli.robustness import CnnFolds, OpenSmileBaseline, card_entry, format_table, robustness_table
 from sercli.vad import VadConfig
 
-GROUPINGS = {
-    "speaker": "the test clips standardised over their actor",
-    "mixed": "a fold's test clips standardised as one group",
-    "recording": "each clip standardised alone",
-    "none": "no standardisation",
-}
-"""How each ``--cnn`` grouping standardises the test clips, in the protocol's words."""
-
 
 def keras_predictors(folder: Path, folds: int) -> tuple[list, list]:
     """One batched predict function per fold model in ``folder``, and each fold's prior
@@ -92,7 +84,7 @@ def main() -> None:
         from sercli.training import TrainConfig, degraded_variants
 
         copies = degraded_variants(clips, features, vad, TrainConfig(), args.cache, folds, log=log)
-    systems, described = [], []
+    systems = []
     loaded: dict[str, list] = {}
     for spec in args.cnn:
         name, _, target = spec.partition("=")
@@ -102,7 +94,6 @@ def main() -> None:
         systems.append(
             CnnFolds(name, predictors, features, grouping or "speaker", priors, head == "head", copies if head else ())
         )
-        described.append(f"{name}: {GROUPINGS[grouping or 'speaker']}{', fused with the head' if head else ''}")
     if args.baseline:
         systems.append(OpenSmileBaseline("openSMILE per speaker", per_speaker=True, cache=args.cache))
         systems.append(OpenSmileBaseline("openSMILE global", per_speaker=False, cache=args.cache))
@@ -113,7 +104,7 @@ def main() -> None:
         f"{args.folds}-fold leave-actors-out over actors {actors[0]:02d}-{actors[-1]:02d} ({len(actors)} actors, "
         f"{len(actors) // args.folds} tested a fold), clip-level UA; each condition applied alone to the test clips"
     )
-    protocol += "".join(f"; {line}" for line in described)
+    protocol += "".join(f"; {s.name}: {s.description}" for s in systems if isinstance(s, CnnFolds))
     print(protocol + "\n")
     print(format_table(table, args.per_class))
     if args.json:

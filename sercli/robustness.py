@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import numpy as np
 
@@ -140,7 +140,13 @@ class CnnFolds:
         with the benchmark's folds, the fold models' own), fitted on with them.
     """
 
-    GROUPINGS = ("speaker", "mixed", "recording", "none")
+    GROUPINGS: ClassVar[dict[str, str]] = {
+        "speaker": "the test clips standardised over their actor",
+        "mixed": "a fold's test clips standardised as one group",
+        "recording": "each clip standardised alone",
+        "none": "no standardisation",
+    }
+    """Each grouping and how it standardises the test clips, in words."""
 
     def __init__(
         self,
@@ -158,6 +164,11 @@ class CnnFolds:
         self.priors, self.head, self.copies = priors or [None] * len(predictors), head, list(copies)
         self._windows: dict[str, object] = {}
         self._heads: dict[int, FunctionalHead] = {}
+
+    @property
+    def description(self) -> str:
+        """How the system labels a test clip, in words (for a benchmark's protocol)."""
+        return self.GROUPINGS[self.grouping] + (", fused with the head" if self.head else "")
 
     def predict(self, fold, train, test, clean, data):
         if data.digest not in self._windows:
