@@ -99,6 +99,16 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax:
 
 
 @lru_cache(maxsize=8)
+def dct_matrix(n_inputs: int, n_outputs: int) -> np.ndarray:
+    """The first ``n_outputs`` basis vectors of the orthonormal DCT-II of ``n_inputs`` values, shape
+    ``(n_inputs, n_outputs)``, float32: ``x @ dct_matrix(...)`` equals ``scipy.fft.dct(x, norm="ortho")[..., :n_outputs]``."""
+    k = np.arange(n_outputs)
+    basis = np.cos(np.pi * k[None, :] * (2 * np.arange(n_inputs)[:, None] + 1) / (2 * n_inputs))
+    scale = np.where(k == 0, np.sqrt(1 / n_inputs), np.sqrt(2 / n_inputs))
+    return (basis * scale).astype(np.float32)
+
+
+@lru_cache(maxsize=8)
 def _hann(n_fft: int) -> np.ndarray:
     return (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)).astype(np.float32)
 
@@ -125,13 +135,12 @@ def mfcc(signal: np.ndarray, config: FeatureConfig = FeatureConfig()) -> np.ndar
     frames = np.lib.stride_tricks.sliding_window_view(signal, config.n_fft)[:: config.hop_length]
     window = _hann(config.n_fft)
     filters = mel_filterbank(config.sample_rate, config.n_fft, config.n_mels, config.fmin, config.fmax)
+    dct = dct_matrix(config.n_mels, config.n_mfcc)
     coefficients = np.empty((len(frames), config.n_mfcc), dtype=np.float32)
     for first in range(0, len(frames), _FRAMES_PER_PASS):
         spectrum = scipy.fft.rfft(frames[first : first + _FRAMES_PER_PASS] * window, axis=1)
         log_mel = 10.0 * np.log10(np.maximum((spectrum.real**2 + spectrum.imag**2) @ filters, 1e-10))
-        coefficients[first : first + _FRAMES_PER_PASS] = scipy.fft.dct(log_mel, type=2, norm="ortho", axis=1)[
-            :, : config.n_mfcc
-        ]
+        coefficients[first : first + _FRAMES_PER_PASS] = log_mel @ dct
     return coefficients
 
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from sercli.features import FeatureConfig, mel_filterbank, mfcc, mfcc_windows, signal_windows
+from sercli.features import FeatureConfig, dct_matrix, mel_filterbank, mfcc, mfcc_windows, signal_windows
 
 
 @pytest.fixture(scope="module")
@@ -16,6 +16,14 @@ def test_mel_filterbank_matches_librosa():
     ours = mel_filterbank(16000, 512, 64, 20.0, 8000.0)
     theirs = librosa.filters.mel(sr=16000, n_fft=512, n_mels=64, fmin=20.0, fmax=8000.0)
     np.testing.assert_allclose(ours, theirs.T, atol=1e-7)
+
+
+def test_dct_matrix_is_the_first_coefficients_of_scipys_orthonormal_dct():
+    import scipy.fft
+
+    values = np.random.default_rng(0).normal(size=(5, 64)).astype(np.float32)
+    expected = scipy.fft.dct(values, type=2, norm="ortho", axis=1)[:, :40]
+    np.testing.assert_allclose(values @ dct_matrix(64, 40), expected, atol=1e-5)
 
 
 def test_mfcc_matches_librosa(chirp):

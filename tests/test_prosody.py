@@ -5,6 +5,7 @@ from sercli.features import mfcc
 from sercli.prosody import (
     FUNCTIONAL_NAMES,
     HOP_S,
+    _percentiles,
     functional_names,
     n_functionals,
     pitch_track,
@@ -129,6 +130,14 @@ def test_segment_functionals_are_prosody_then_mfcc_moments():
     low, high = np.percentile(frames[:, :13], [10, 90], axis=0)
     assert np.allclose([named[f"mfcc{i}_range"] for i in range(13)], high - low, atol=1e-4)
     assert np.isfinite(segment_functionals(signal[:100], SR, frames[:1])).all()  # one frame: no change, no range
+
+
+@pytest.mark.parametrize("shape", [(1,), (2,), (257,), (1, 13), (300, 13)])
+def test_percentiles_equal_numpys_linear_percentiles(shape):
+    values = np.random.default_rng(3).normal(size=shape).astype(np.float32)
+    np.testing.assert_allclose(
+        _percentiles(values, (5, 10, 50, 90, 95)), np.percentile(values, [5, 10, 50, 90, 95], axis=0), rtol=1e-6
+    )
 
 
 def test_unvoiced_segment_has_zero_pitch_statistics():
