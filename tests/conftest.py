@@ -16,6 +16,13 @@ import soxr
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Slow tests first. CI runs the suite on one worker per core, each sent one test at a time (``-n auto
+    --maxschedchunk 1``, pytest-xdist), so the longest tests start at once on different workers instead of one
+    of them ending the run alone while the others wait."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 def sercli(*args, code: int = 0, **kwargs) -> subprocess.CompletedProcess:
     """Run ``python -m sercli ARGS`` (text output captured) and check that it exits with ``code``.
 
