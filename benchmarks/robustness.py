@@ -61,6 +61,12 @@ def main() -> None:
     parser.add_argument(
         "--baseline", action="store_true", help="add openSMILE eGeMAPS + LogReg, per speaker and global"
     )
+    parser.add_argument(
+        "--hop-length",
+        type=int,
+        default=FeatureConfig.hop_length,
+        help="MFCC hop of the fold models' features, in samples at 16 kHz (as they were trained)",
+    )
     parser.add_argument("--condition", action="append", choices=sorted(CONDITIONS), help="default: all")
     parser.add_argument("--cache", type=Path, help="folder keeping degraded features between runs")
     parser.add_argument("--per-class", action="store_true")
@@ -70,7 +76,7 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    features, vad = FeatureConfig(), VadConfig()
+    features, vad = FeatureConfig(hop_length=args.hop_length), VadConfig()
     clips = find_clips(args.ravdess, "ravdess")
     folds = speaker_folds([c.speaker for c in clips], args.folds)
 

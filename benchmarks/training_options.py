@@ -31,10 +31,20 @@ OPTIONS = {
     "global-multi": TrainConfig(normalization="none", ema_momentum=None),
     "global-clean": TrainConfig(normalization="none", variants=0, ema_momentum=None),
     "speaker-multi-ema": TrainConfig(),
+    "speaker-multi-ema-hop25": TrainConfig(
+        prior_frames=400, window_hop_frames=20, epochs=120, min_epochs=40, patience=24
+    ),
 }
 """Named training configurations: normalisation over groups of clips or none (global), with or without degraded
 copies; ``-noprior`` without the training statistics' pseudo-frames in each group. All but ``speaker-multi-ema``
-(today's :class:`TrainConfig` default) keep the weights as trained rather than their moving average."""
+(today's :class:`TrainConfig` default) keep the weights as trained rather than their moving average.
+``-hop25``: MFCC frames every 25 ms instead of 10 (:data:`FEATURES`), so a window of 100 frames covers
+2.5 s; its prior (10 s) and training windows (cut every 0.5 s) are counted in those frames. A 3 s clip then
+gives one training window where it gave about four, so its epochs, early stopping and patience are counted
+four times as long: the same number of batches as the other options."""
+
+FEATURES = {"speaker-multi-ema-hop25": FeatureConfig(hop_length=400)}
+"""The options whose features are not :class:`FeatureConfig`'s defaults."""
 
 
 def main() -> None:
@@ -44,22 +54,23 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=Path("runs"))
     parser.add_argument("--option", action="append", choices=sorted(OPTIONS), required=True)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+    parser.add_argument("--epochs", type=int, help="default: the option's own")
     args = parser.parse_args()
-    features, vad = FeatureConfig(), VadConfig()
+    vad = VadConfig()
     clips = [clip for corpus in args.corpora for clip in find_clips(corpus)]
     cache = args.runs / "cache"
-    clean = cached_features(cache, {"variant": 0}, clips, features, vad)
     folds = corpus_folds(clips, args.folds)
     corpora = "".join(f"-{layout}" for layout in dict.fromkeys(c.corpus for c in clips) if layout != "ravdess")
-    data = clean.windows(features.window_frames, features.window_hop_frames)
     results = {}
     for name in args.option:
-        config = replace(OPTIONS[name], seed=args.seed, epochs=args.epochs)
+        config = replace(OPTIONS[name], seed=args.seed, epochs=args.epochs or OPTIONS[name].epochs)
+        features = FEATURES.get(name, FeatureConfig())
         started = time.monotonic()
+        clean = cached_features(cache, {"variant": 0}, clips, features, vad)
+        data = clean.windows(features.window_frames, features.window_hop_frames)
         copies = degraded_variants(clips, features, vad, config, cache, folds, log=print)
         training = [f.windows(features.window_frames, config.window_hop_frames) for f in [clean, *copies]]
-        epochs = "" if args.epochs == TrainConfig.epochs else f"-{args.epochs}epochs"
+        epochs = "" if args.epochs is None else f"-{args.epochs}epochs"
         checkpoint = args.runs / f"{name}-seed{args.seed}{epochs}{corpora}-{args.folds}fold.cv.json"
         results[name] = cross_validate(
             training, data, folds, config, checkpoint, log=lambda m, name=name: print(name, m, flush=True)
