@@ -231,3 +231,26 @@ def test_cv_spread_scores_folds_speakers_and_every_test_set(ravdess, tmp_path):
     assert "by speaker: 01 1.00, 02 1.00, 03 0.00, 04 0.00" in printed
     assert "4 test sets of 1 men and 1 women" in printed
     assert "median 0.500, lowest 0.000, highest 1.000" in printed
+
+
+def test_sercli_train_defaults_are_the_training_configs():
+    """cli.py repeats TrainConfig's defaults (importing it would import TensorFlow for --help)."""
+    import inspect
+
+    from sercli.cli import train
+    from sercli.training import TrainConfig
+
+    defaults = {name: p.default for name, p in inspect.signature(train).parameters.items()}
+    config = TrainConfig()
+    for option, field in [
+        ("epochs", "epochs"),
+        ("patience", "patience"),
+        ("batch_size", "batch_size"),
+        ("learning_rate", "learning_rate"),
+        ("seed", "seed"),
+        ("normalize", "normalization"),
+        ("variants", "variants"),
+        ("spec_augment", "spec_augment"),
+        ("freeze_conv", "freeze_convolutions"),
+    ]:
+        assert defaults[option] == getattr(config, field), option
