@@ -96,7 +96,9 @@ def main() -> None:
         name, _, target = spec.partition("=")
         folder, _, grouping = target.partition(":")
         grouping, _, head = grouping.partition("+")
-        predictors, priors = loaded.setdefault(folder, keras_predictors(Path(folder), args.folds))
+        if folder not in loaded:  # one load per folder, however many groupings score it
+            loaded[folder] = keras_predictors(Path(folder), args.folds)
+        predictors, priors = loaded[folder]
         systems.append(
             CnnFolds(name, predictors, features, grouping or "speaker", priors, head == "head", copies if head else ())
         )
@@ -111,6 +113,8 @@ def main() -> None:
         f"{len(actors) // args.folds} tested a fold), clip-level UA; each condition applied alone to the test clips"
     )
     protocol += "".join(f"; {s.name}: {s.description}" for s in systems if isinstance(s, CnnFolds))
+    if args.cnn:
+        protocol += f"; fold models: {', '.join(loaded)} (benchmarks/training_options.py)"
     print(protocol + "\n")
     print(format_table(table, args.per_class))
     if args.json:

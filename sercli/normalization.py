@@ -34,9 +34,9 @@ adds its pseudo-frames to the group's statistics, so a small group is standardis
 statistics shrunk towards the training set's, and a large one with its own.
 """
 
-PRIOR_FRAMES = 1000
+PRIOR_FRAMES = 400
 """Pseudo-frames of the training statistics added to every group's statistics (10 s of speech at a
-10 ms hop): a 3 s clip's own statistics weigh about a fifth, a speaker's minute of speech 86 %."""
+25 ms hop): a 3 s clip's own statistics weigh about a fifth, a speaker's minute of speech 86 %."""
 
 MIN_STD = 1e-3
 """Floor of a coefficient's standard deviation, so constant input (digital silence) stays finite."""

@@ -68,6 +68,8 @@ class TrainConfig:
     ----------
     epochs : int
         Maximum number of epochs (the exact number when there is no validation set).
+        120: with windows of 2.5 s every 0.5 s the 5-fold RAVDESS runs were best at
+        epochs 59-97 (docs/training.md).
     patience : int
         Epochs without a better validation UA before stopping (best weights are kept).
     min_epochs : int
@@ -99,8 +101,8 @@ class TrainConfig:
         SpecAugment masks (two time masks of up to 10 frames, one of up to 4
         coefficients) on training windows.
     window_hop_frames : int
-        Frames between the starts of training windows: denser than at inference, so
-        overlapping windows give more examples. Validation and test windows are cut
+        Frames between the starts of training windows (20 = 0.5 s at the 25 ms hop):
+        denser than at inference, so overlapping windows give more examples. Validation and test windows are cut
         with the features' own hop, as ``annotate`` cuts them.
     freeze_convolutions : bool
         When fine-tuning (:func:`fit` with a base model): keep the base model's
@@ -112,9 +114,9 @@ class TrainConfig:
         on 2-fold leave-actors-out RAVDESS it gained 3 points (docs/training.md).
     """
 
-    epochs: int = 30
-    patience: int = 6
-    min_epochs: int = 10
+    epochs: int = 120
+    patience: int = 24
+    min_epochs: int = 40
     batch_size: int = 64
     learning_rate: float | None = None
     seed: int = 0
@@ -122,7 +124,7 @@ class TrainConfig:
     prior_frames: int = PRIOR_FRAMES
     variants: int = 4
     spec_augment: bool = True
-    window_hop_frames: int = 50
+    window_hop_frames: int = 20
     freeze_convolutions: bool = False
     ema_momentum: float | None = 0.99
 

@@ -83,8 +83,8 @@ def test_train_cross_validates_by_actor_and_writes_model_and_card(ravdess, tmp_p
     assert card.training["data"].startswith("RAVDESS") and card.labels == list(EMOTIONS)
     assert card.training["clips"] == 32 and len(card.training["data_sha256"]) == 64
     assert card.training["versions"]["tensorflow"]
-    # trained on windows every 0.5 s; the card tells annotate to cut them every 1 s, as validation did
-    assert card.training["hyperparameters"]["window_hop_frames"] == 50 and card.features["window_hop_frames"] == 100
+    # trained on windows every 0.5 s; the card tells annotate to cut them every 2.5 s, as validation did
+    assert card.training["hyperparameters"]["window_hop_frames"] == 20 and card.features["window_hop_frames"] == 100
     assert not list(tmp_path.glob("*.cv.json"))  # the fold checkpoint is removed once the model is saved
     assert card.normalization == "speaker" and card.training["hyperparameters"]["variants"] == 4
     # the functional head is fitted on the training clips and fused in the cross-validation's figures
