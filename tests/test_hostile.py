@@ -397,7 +397,7 @@ def test_broken_headers_are_explained(tmp_path, speech_16k):
 
 
 def test_the_summary_after_sighup_counts_the_saved_recordings(tmp_path, speech_16k, tflite_model):
-    for i in range(120):
+    for i in range(600):  # far more than it annotates before the signal, however fast
         sf.write(tmp_path / f"rec_{i:03d}.wav", speech_16k, 16000)
     out = tmp_path / "out" / "results.csv"
     out.parent.mkdir()
