@@ -113,7 +113,7 @@ def main() -> None:
         f"{len(actors) // args.folds} tested a fold), clip-level UA; each condition applied alone to the test clips"
     )
     protocol += "".join(f"; {s.name}: {s.description}" for s in systems if isinstance(s, CnnFolds))
-    if args.cnn:
+    if loaded:
         protocol += f"; fold models: {', '.join(loaded)} (benchmarks/training_options.py)"
     print(protocol + "\n")
     print(format_table(table, args.per_class))

@@ -112,7 +112,9 @@ def pitch_track(signal: np.ndarray, sample_rate: int) -> PitchTrack:
     lags = np.arange(int(PITCH_RATE / F0_MAX_HZ), int(PITCH_RATE / F0_MIN_HZ) + 1)
     n_fft = 1 << int(frame + lags[-1]).bit_length()  # long enough that no lag searched wraps around
     window, window_autocorrelation = _analysis_window(frame, n_fft)
-    frames = np.lib.stride_tricks.sliding_window_view(signal, frame)[::hop]
+    frames = np.lib.stride_tricks.as_strided(  # sliding_window_view(signal, frame)[::hop], without its overhead
+        signal, ((len(signal) - frame) // hop + 1, frame), (hop * signal.strides[0], signal.strides[0]), writeable=False
+    )
     autocorrelation = np.empty((len(frames), lags[-1] + 1), dtype=np.float32)
     spectra = np.empty((len(frames), n_fft // 2 + 1), dtype=np.float32)
     for first in range(0, len(frames), _FRAMES_PER_PASS):
@@ -179,6 +181,25 @@ SHAPE_BANDS_HZ = ((0, 500), (500, 1000), (1000, 2000), (2000, 4000))
 """Bands in Hz whose level relative to the whole frame is a functional."""
 
 
+SLOPE_BANDS_HZ = ((0, 500), (500, 1500))
+"""Bands in Hz over which the regression slope of the dB spectrum is a shape measure."""
+
+
+@lru_cache(maxsize=4)
+def _shape_layout(n_bins: int, sample_rate: int) -> tuple[np.ndarray, list[float], np.ndarray, dict]:
+    """What :func:`spectral_shape` needs of ``n_bins`` bins up to ``sample_rate / 2``: the bin frequencies
+    in Hz; the edges in Hz of the bands it sums, the last at the Nyquist bin, and the first bin of each
+    band; and for each regression slope its bins and their centred frequencies over their sum of squares."""
+    freqs = np.arange(n_bins, dtype=np.float32) * (sample_rate / (2 * (n_bins - 1)))
+    edges = sorted({0, 50, 1000, *(edge for band in SHAPE_BANDS_HZ for edge in band), sample_rate / 2})
+    slopes = {}
+    for low, high in SLOPE_BANDS_HZ:
+        chosen = slice(*np.searchsorted(freqs, [low, high]))
+        centred = freqs[chosen] - freqs[chosen].mean()
+        slopes[f"slope_{low}_{high}_db_per_khz"] = chosen, centred / np.square(centred).sum()
+    return freqs, edges, np.searchsorted(freqs, edges), slopes
+
+
 def spectral_shape(power: np.ndarray, f0_hz: np.ndarray, sample_rate: int = PITCH_RATE) -> dict[str, np.ndarray]:
     """Spectral shape of each frame.
 
@@ -201,37 +222,30 @@ def spectral_shape(power: np.ndarray, f0_hz: np.ndarray, sample_rate: int = PITC
         for each of :data:`SHAPE_BANDS_HZ`.
     """
     power = np.maximum(np.asarray(power, dtype=np.float32), 1e-12)
-    bin_hz = sample_rate / (2 * (power.shape[1] - 1))
-    freqs = np.arange(power.shape[1], dtype=np.float32) * bin_hz
+    freqs, edges, first_bins, slopes = _shape_layout(power.shape[1], sample_rate)
+    bin_hz = float(freqs[1])
+    parts = np.add.reduceat(power, first_bins, axis=1)  # each band between consecutive edges, in one pass
 
-    def bins(low: float, high: float) -> slice:  # the bins from low up to (not including) high Hz
-        return slice(*np.searchsorted(freqs, [low, high]))
-
-    def band(low: float, high: float) -> np.ndarray:
-        return power[:, bins(low, high)].sum(axis=1)
+    def band(low: float, high: float | None) -> np.ndarray:  # low up to (not including) high Hz; None: all
+        return parts[:, edges.index(low) : None if high is None else edges.index(high)].sum(axis=1)
 
     total = power.sum(axis=1)
+    strongest = np.maximum.reduceat(power, first_bins[[0, edges.index(2000)]], axis=1)  # below 2 kHz, from 2 kHz
     shape = {
-        "alpha_ratio_db": 10 * np.log10(band(50, 1000) / band(1000, sample_rate)),
-        "hammarberg_db": 10
-        * np.log10(power[:, bins(0, 2000)].max(axis=1) / power[:, bins(2000, sample_rate)].max(axis=1)),
+        "alpha_ratio_db": 10 * np.log10(band(50, 1000) / band(1000, None)),
+        "hammarberg_db": 10 * np.log10(strongest[:, 0] / strongest[:, 1]),
     }
-    for low, high in ((0, 500), (500, 1500)):
-        chosen = bins(low, high)
-        centred = freqs[chosen] - freqs[chosen].mean()
-        slope = np.log10(power[:, chosen]) @ centred / np.square(centred).sum()
-        shape[f"slope_{low}_{high}_db_per_khz"] = 10 * slope * 1000
+    levels_db = np.log10(power[:, : max(chosen.stop for chosen, _ in slopes.values())])
+    for name, (chosen, centred) in slopes.items():
+        shape[name] = 10 * (levels_db[:, chosen] @ centred) * 1000
     shape["centroid_khz"] = power @ freqs / total / 1000
     harmonics = np.full(len(power), np.nan)
     voiced = np.flatnonzero(~np.isnan(f0_hz))
     if len(voiced):
         first = np.rint(f0_hz[voiced] / bin_hz).astype(int)
-        last_bin = power.shape[1] - 1
-        levels = [
-            power[voiced[:, None], np.clip(k * first[:, None] + np.arange(-1, 2), 0, last_bin)].max(axis=1)
-            for k in (1, 2)
-        ]
-        harmonics[voiced] = 10 * np.log10(levels[0] / levels[1])
+        near = np.clip(np.array([1, 2])[:, None] * first[:, None, None] + np.arange(-1, 2), 0, power.shape[1] - 1)
+        levels = power[voiced[:, None, None], near].max(axis=2)  # (n_voiced, 2): the first two harmonics
+        harmonics[voiced] = 10 * np.log10(levels[:, 0] / levels[:, 1])
     shape["h1_h2_db"] = harmonics
     for low, high in SHAPE_BANDS_HZ:
         shape[f"band_{low}_{high}_db"] = 10 * np.log10(band(low, high) / total)
@@ -298,17 +312,17 @@ def prosody_functionals(track: PitchTrack) -> np.ndarray:
     peaks = (level[1:-1] > level[:-2]) & (level[1:-1] >= level[2:]) & (level[1:-1] > energy.mean())
     values["energy_peaks_per_s"] = np.count_nonzero(peaks) / audible_s
     shape = spectral_shape(track.power, track.f0_hz)
-    if np.count_nonzero(audible & ~voiced) >= 2:
-        for measure in UNVOICED_SHAPE_MEASURES:
-            values[f"unvoiced_{measure}_mean"] = shape[measure][audible & ~voiced].mean()
+    unvoiced = audible & ~voiced
+    if np.count_nonzero(unvoiced) >= 2:
+        means = np.stack([shape[measure] for measure in UNVOICED_SHAPE_MEASURES], axis=1)[unvoiced].mean(axis=0)
+        values.update(zip((f"unvoiced_{measure}_mean" for measure in UNVOICED_SHAPE_MEASURES), means))
     if voiced.sum() >= 2:
-        for measure in SHAPE_MEASURES:
-            values[f"{measure}_mean"], values[f"{measure}_std"] = (
-                shape[measure][voiced].mean(),
-                shape[measure][voiced].std(),
-            )
-        for low, high in SHAPE_BANDS_HZ:
-            values[f"band_{low}_{high}_db"] = shape[f"band_{low}_{high}_db"][voiced].mean()
+        bands = [f"band_{low}_{high}_db" for low, high in SHAPE_BANDS_HZ]
+        measures = np.stack([shape[name] for name in (*SHAPE_MEASURES, *bands)], axis=1)[voiced]
+        means, stds = measures.mean(axis=0), measures[:, : len(SHAPE_MEASURES)].std(axis=0)
+        values.update(zip((f"{measure}_mean" for measure in SHAPE_MEASURES), means))
+        values.update(zip((f"{measure}_std" for measure in SHAPE_MEASURES), stds))
+        values.update(zip(bands, means[len(SHAPE_MEASURES) :]))
         semitones = 12 * np.log2(track.f0_hz[voiced] / 100.0)
         times = np.flatnonzero(voiced) * track.hop_s
         p10, p50, p90 = _percentiles(semitones, (10, 50, 90))

@@ -102,8 +102,8 @@ class TrainConfig:
         coefficients) on training windows.
     window_hop_frames : int
         Frames between the starts of training windows (20 = 0.5 s at the 25 ms hop):
-        denser than at inference, so overlapping windows give more examples. Validation and test windows are cut
-        with the features' own hop, as ``annotate`` cuts them.
+        denser than at inference, so overlapping windows give more examples. Validation
+        and test windows are cut with the features' own hop, as ``annotate`` cuts them.
     freeze_convolutions : bool
         When fine-tuning (:func:`fit` with a base model): keep the base model's
         convolution blocks as trained.
