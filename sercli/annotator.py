@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from sercli.files import find_audio_files, path_text
 from sercli.groups import speaker_source
@@ -25,6 +25,9 @@ from sercli.model import bundled_model_path, load_classifier
 from sercli.pipeline import FileOutcome, InMemoryRecording, annotate_files, model_normalization
 from sercli.vad import VadConfig
 from sercli.writers import results_frame, sort_results
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 class Annotator:

@@ -25,8 +25,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TextIO
 
-import pandas as pd
-
 from sercli import EMOTIONS, __version__
 from sercli.files import find_audio_files, path_text, recording_key
 from sercli.groups import SpeakerOf, plan_groups
@@ -40,6 +38,7 @@ from sercli.writers import (
     read_metadata,
     read_results,
     results_frame,
+    segment_columns,
     sort_results,
     table_format,
     table_labels,
@@ -212,6 +211,8 @@ class ResultsFile:
     def save(self) -> None:
         started = time.monotonic()
         if self.pending:  # one table for all new rows: a small one per recording costs 1 ms each
+            import pandas as pd
+
             new = results_frame(self.pending, self.labels)
             self.table = sort_results(pd.concat([self.table, new], ignore_index=True))
             self.pending = []
@@ -249,7 +250,8 @@ def _check_same_settings(stored: dict, metadata: dict, path: Path) -> None:
 
 
 class CsvStream:
-    """CSV on a text stream, each recording's rows written and flushed as it finishes.
+    """CSV on a text stream, each recording's rows written and flushed as it finishes (no table in
+    between: pandas is not imported).
 
     A stream that cannot be written (a full disk behind ``> file``) raises
     :class:`OutputError`; a closed pipe (``| head``) raises ``BrokenPipeError``.
@@ -257,10 +259,10 @@ class CsvStream:
 
     def __init__(self, handle: TextIO = sys.stdout, labels: Sequence[str] = EMOTIONS):
         self.handle, self.done, self.labels = handle, set(), list(labels)
-        self._write(results_frame([], self.labels), header=True)
+        self._write(segment_columns([], self.labels), header=True)
 
     def add(self, outcome: FileOutcome) -> None:
-        self._write(results_frame(outcome.rows, self.labels), header=False)
+        self._write(segment_columns(outcome.rows, self.labels))
 
     def save(self) -> None:
         self._write(None)
@@ -268,10 +270,10 @@ class CsvStream:
     def close(self) -> None:
         self.save()
 
-    def _write(self, frame: pd.DataFrame | None, header: bool = False) -> None:
+    def _write(self, columns: dict[str, list] | None, header: bool = False) -> None:
         try:
-            if frame is not None:
-                write_csv(frame, self.handle, header=header)
+            if columns is not None:
+                write_csv(columns, self.handle, header)
             self.handle.flush()
         except BrokenPipeError:
             raise
@@ -296,6 +298,8 @@ def write_errors(failures: list[FileOutcome], path: Path) -> None:
     if not failures:
         path.unlink(missing_ok=True)
         return
+    import pandas as pd
+
     frame = pd.DataFrame({"path": [path_text(f.path) for f in failures], "error": [f.error for f in failures]})
     with atomic_output(path) as partial:
         frame.to_csv(partial, index=False, lineterminator="\n")

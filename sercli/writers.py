@@ -1,21 +1,28 @@
-"""Writing results: atomic file replacement, CSV and Parquet tables."""
+"""Writing results: atomic file replacement, CSV and Parquet tables.
+
+pandas and pyarrow are imported by the functions that need them: CSV on a stream
+(:func:`write_csv` of :func:`segment_columns`) needs neither, so ``sercli annotate
+FILE -o -`` starts without their half a second of imports.
+"""
 
 from __future__ import annotations
 
+import csv
 import json
+import math
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import numpy as np
-import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from sercli import EMOTIONS
 from sercli.pipeline import SegmentEmotion
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @contextmanager
@@ -73,21 +80,9 @@ def table_format(path: str | Path) -> str:
 
 def results_frame(rows: Iterable[SegmentEmotion], labels: Sequence[str] = EMOTIONS) -> pd.DataFrame:
     """The results table of some rows of a model with these labels, with :func:`result_columns` and their dtypes."""
-    rows = list(rows)
-    probabilities = np.array([row.probabilities for row in rows], dtype=np.float32).reshape(len(rows), len(labels))
-    frame = pd.DataFrame(
-        {
-            "path": pd.array([row.path for row in rows], dtype="string"),
-            "segment": np.array([row.segment for row in rows], dtype=np.int32),
-            "start_s": np.array([row.start_s for row in rows], dtype=np.float64),
-            "end_s": np.array([row.end_s for row in rows], dtype=np.float64),
-            "label": pd.array([row.label for row in rows], dtype="string"),
-            "confidence": np.array([row.confidence for row in rows], dtype=np.float32),
-        }
-    )
-    for i, label in enumerate(labels):
-        frame[f"prob_{label}"] = probabilities[:, i]
-    return frame
+    import pandas as pd
+
+    return conform(pd.DataFrame(segment_columns(list(rows), labels)))
 
 
 def conform(frame: pd.DataFrame) -> pd.DataFrame:
@@ -140,6 +135,9 @@ def read_results(path: str | Path, cut_off: str = "refuse") -> pd.DataFrame:
     ValueError
         If the file is not a results table, or is cut off and ``cut_off`` is ``refuse``.
     """
+    import pandas as pd
+    import pyarrow as pa
+
     cut = table_format(path) == "csv" and _ends_mid_line(path)
     if cut and cut_off == "refuse":
         raise ValueError(f"{path} ends in the middle of a row (cut off?): resume the run that wrote it to repair it")
@@ -170,11 +168,41 @@ def _ends_mid_line(path: str | Path) -> bool:
         return False  # reading the table will say why
 
 
-def write_csv(frame: pd.DataFrame, handle: TextIO, header: bool = True) -> None:
-    """CSV text of a results table: times to the millisecond, probabilities to 1e-5."""
-    frame.round({"start_s": 3, "end_s": 3, **{c: 5 for c in _score_columns(frame)}}).to_csv(
-        handle, index=False, header=header, lineterminator="\n", float_format="%.5g"
-    )
+def segment_columns(rows: Sequence[SegmentEmotion], labels: Sequence[str] = EMOTIONS) -> dict[str, list]:
+    """Rows as the columns of a results table (:func:`result_columns`), for :func:`write_csv` without pandas."""
+    probabilities = np.array([row.probabilities for row in rows], dtype=np.float32).reshape(len(rows), len(labels))
+    return {
+        "path": [row.path for row in rows],
+        "segment": [int(row.segment) for row in rows],
+        "start_s": [float(row.start_s) for row in rows],
+        "end_s": [float(row.end_s) for row in rows],
+        "label": [row.label for row in rows],
+        "confidence": [float(row.confidence) for row in rows],
+        **{f"prob_{label}": probabilities[:, i].tolist() for i, label in enumerate(labels)},
+    }
+
+
+def write_csv(columns: Mapping[str, Sequence], handle: TextIO, header: bool = True) -> None:
+    """CSV text of a table given as its columns (:func:`segment_columns`, or a DataFrame's columns):
+    seconds (``*_s`` columns) to the millisecond, other floats (scores, shares) to 5 significant digits
+    of their value rounded to 1e-5, missing values (None, NaN, pandas' NA) empty; with ``header``, the
+    column names first."""
+    writer = csv.writer(handle, lineterminator="\n")
+    if header:
+        writer.writerow(columns)
+    writer.writerows(zip(*(_fields(name, column) for name, column in columns.items())))
+
+
+def _fields(name: str, column: Sequence) -> list:
+    """A column's CSV fields (see :func:`write_csv`), formatted by its first value's type."""
+    values = column.tolist() if hasattr(column, "tolist") else list(column)  # numpy's, pandas' scalars -> Python's
+    first = next((v for v in values if isinstance(v, (str, int, float))), None)
+    if not isinstance(first, float):
+        return [v if isinstance(v, (str, int)) else "" for v in values]
+    present = [isinstance(v, float) and not math.isnan(v) for v in values]
+    if name.endswith("_s"):
+        return [f"{v:.3f}".rstrip("0").rstrip(".") if ok else "" for v, ok in zip(values, present)]
+    return [f"{round(v, 5):.5g}" if ok else "" for v, ok in zip(values, present)]
 
 
 def metadata_path(path: str | Path) -> Path:
@@ -190,7 +218,10 @@ def write_results(frame: pd.DataFrame, path: str | Path, metadata: dict | None =
     first, so a CSV on disk never lacks the record of how it was made.
     """
     text = json.dumps(metadata or {})
-    if table_format(path) != "parquet":
+    if table_format(path) == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    else:
         with atomic_output(metadata_path(path)) as partial:
             partial.write_text(text + "\n")
     with atomic_output(path) as partial:
@@ -208,6 +239,8 @@ def read_metadata(path: str | Path) -> dict:
     if table_format(path) != "parquet":
         sidecar = metadata_path(path)
         return json.loads(sidecar.read_text()) if sidecar.exists() else {}
+    import pyarrow.parquet as pq
+
     raw = (pq.read_schema(path).metadata or {}).get(b"sercli", b"{}")
     return json.loads(raw)
 
@@ -219,6 +252,8 @@ def per_file_summary(frame: pd.DataFrame) -> pd.DataFrame:
     speech time whose segments carry each label; the dominant label has the
     largest share (empty when no speech was found).
     """
+    import pandas as pd
+
     labels = table_labels(frame)
     speech = frame[frame["label"].notna()].assign(duration_s=lambda f: f["end_s"] - f["start_s"])
     shares = speech.pivot_table(index="path", columns="label", values="duration_s", aggfunc="sum", fill_value=0.0)

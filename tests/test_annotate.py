@@ -169,6 +169,39 @@ def test_help_and_version_are_instant_and_do_not_import_tensorflow():
     assert sercli("--version").stdout.startswith("sercli ")
 
 
+def test_csv_on_stdout_imports_neither_pandas_nor_pyarrow(corpus, litert_model):
+    """Their imports are about half a second of a short run's start-up; a stream of CSV needs no table."""
+    code = (
+        "import sys; from sercli.cli import main; "
+        f"sys.argv = ['sercli', 'annotate', {str(corpus / 'a_speech.wav')!r}, '-o', '-', '--model', {str(litert_model)!r}]"
+        "\ntry: main()\nexcept SystemExit: pass\n"
+        "print('pandas' in sys.modules, 'pyarrow' in sys.modules, file=sys.stderr)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    assert result.stderr.splitlines()[-1] == "False False"
+    assert result.stdout.count("a_speech.wav,") == 3
+
+
+def test_csv_times_keep_the_millisecond_in_long_recordings(tmp_path):
+    """Times of a 12-hour recording are written to the millisecond, on a stream and in a file alike."""
+    from sercli.pipeline import SegmentEmotion
+    from sercli.writers import results_frame, segment_columns, write_csv, write_results
+
+    probabilities = np.array([0.7095949, 0.123456, 1e-6, 0, 0, 0, 0, 0.1], np.float32)
+    rows = [
+        SegmentEmotion("long, named.wav", 1, 1234.5671, 43210.9876, "neutral", probabilities[0], probabilities),
+        SegmentEmotion("quiet.wav", 0, 0.0, 2.0, None, np.nan, np.full(8, np.nan, np.float32)),
+    ]
+    stream = io.StringIO()
+    write_csv(segment_columns(rows), stream)
+    write_results(results_frame(rows), tmp_path / "r.csv")
+    assert (tmp_path / "r.csv").read_text() == stream.getvalue()
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == ",".join(RESULT_COLUMNS)
+    assert lines[1] == '"long, named.wav",1,1234.567,43210.988,neutral,0.70959,0.70959,0.12346,0,0,0,0,0,0.1'
+    assert lines[2] == "quiet.wav,0,0,2,,,,,,,,,,"
+
+
 def test_a_closed_stdout_ends_the_run_quietly(corpus, litert_model):
     """`sercli annotate ... -o - | head -2`: the reader leaving is a normal end in a pipe."""
     process = subprocess.Popen(
