@@ -298,11 +298,9 @@ def write_errors(failures: list[FileOutcome], path: Path) -> None:
     if not failures:
         path.unlink(missing_ok=True)
         return
-    import pandas as pd
-
-    frame = pd.DataFrame({"path": [path_text(f.path) for f in failures], "error": [f.error for f in failures]})
-    with atomic_output(path) as partial:
-        frame.to_csv(partial, index=False, lineterminator="\n")
+    columns = {"path": [path_text(f.path) for f in failures], "error": [f.error for f in failures]}
+    with atomic_output(path) as partial, open(partial, "w", newline="", encoding="utf-8") as handle:
+        write_csv(columns, handle)
 
 
 def annotate_into(
