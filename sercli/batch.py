@@ -18,12 +18,13 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, TextIO
+from typing import TYPE_CHECKING, Protocol, Self, TextIO
 
 from sercli import EMOTIONS, __version__
 from sercli.files import find_audio_files, path_text, recording_key
@@ -321,22 +322,62 @@ def annotate_into(
     :func:`sercli.pipeline.annotate_files`'s; the recordings the sink holds still count in
     their normalisation group's statistics.
     """
-    for outcome in annotate_files(list(paths), classifier, vad, workers, normalization, speaker_of, sink.done):
-        with _signals_held():
-            if outcome.error is None:
-                sink.add(outcome)
-            on_outcome(outcome)
+    outcomes = annotate_files(list(paths), classifier, vad, workers, normalization, speaker_of, sink.done)
+    with _BetweenSteps() as signals:
+        for outcome in outcomes:
+            with signals.held():
+                if outcome.error is None:
+                    sink.add(outcome)
+                on_outcome(outcome)
 
 
-@contextmanager
-def _signals_held():
-    """Hold back SIGINT, SIGTERM and SIGHUP (their handlers run when the block ends)."""
-    held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+class _BetweenSteps:
+    """Lets SIGINT, SIGTERM and SIGHUP act only outside :meth:`held` blocks: one caught inside a
+    block is handed to its handler when the block ends.
+
+    Blocking the signals in this thread (``pthread_sigmask``) is not enough: the kernel then
+    hands them to another thread (the stderr forwarder, a decoder), and Python runs the handler
+    in this thread at whatever instruction it has reached. Outside the main thread, where Python
+    never runs a handler, it does nothing.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __enter__(self) -> Self:
+        self.holding, self.caught = False, []
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {number: signal.signal(number, self._on_signal) for number in self.SIGNALS}
+        return self
+
+    def __exit__(self, *_) -> None:
+        for number, handler in self.previous.items():
+            signal.signal(number, signal.SIG_DFL if handler is None else handler)
+
+    @contextmanager
+    def held(self):
+        self.holding = True
+        try:
+            yield
+        finally:
+            self.holding = False
+            caught, self.caught = self.caught, []
+            for number in caught:
+                self._deliver(number)
+
+    def _on_signal(self, number: int, _frame) -> None:
+        if self.holding:
+            self.caught.append(number)
+        else:
+            self._deliver(number)
+
+    def _deliver(self, number: int) -> None:
+        handler = self.previous[number]
+        if callable(handler):
+            handler(number, None)
+        elif handler != signal.SIG_IGN:  # the default action (or a handler set outside Python)
+            signal.signal(number, signal.SIG_DFL)
+            signal.raise_signal(number)
 
 
 @dataclass

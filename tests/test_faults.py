@@ -6,6 +6,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -186,6 +187,38 @@ def test_a_file_deleted_after_listing_is_reported_and_the_rest_annotated(random_
         annotate_into(paths, load_classifier(random_model.with_suffix(".tflite")), VadConfig(), sink, outcomes.append)
     assert [(o.path.name, o.error) for o in outcomes] == [("a.wav", None), ("b.wav", "file not found"), ("c.wav", None)]
     assert set(pd.read_csv(tmp_path / "out.csv")["path"]) == {str(paths[0]), str(paths[2])}
+
+
+def test_a_signal_while_a_recording_is_saved_waits_until_it_is_heard_of(random_model, tmp_path, speech):
+    """The kernel may hand SIGHUP to any thread (here the one that sends it, while the main thread
+    adds a recording's rows): the run stops only after ``on_outcome`` has heard of that recording."""
+    paths = []
+    for name in ("a.wav", "b.wav", "c.wav"):
+        sf.write(tmp_path / name, speech, ESPEAK_RATE)
+        paths.append(tmp_path / name)
+
+    class SignalledStream(CsvStream):
+        def add(self, outcome):
+            super().add(outcome)
+            sender = threading.Thread(target=os.kill, args=(os.getpid(), signal.SIGHUP))
+            sender.start()
+            sender.join()
+            self.added = [*getattr(self, "added", []), outcome.path]
+
+    def stop(_number, _frame):
+        raise KeyboardInterrupt
+
+    heard = []
+    previous = signal.signal(signal.SIGHUP, stop)
+    try:
+        with open(tmp_path / "out.csv", "w") as handle, pytest.raises(KeyboardInterrupt):
+            sink = SignalledStream(handle)
+            classifier = load_classifier(random_model.with_suffix(".tflite"))
+            annotate_into(paths, classifier, VadConfig(), sink, lambda outcome: heard.append(outcome.path))
+        assert signal.getsignal(signal.SIGHUP) is stop  # put back when the run ends
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    assert heard == sink.added == paths[:1]
 
 
 @pytest.fixture(scope="module")
