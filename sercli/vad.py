@@ -56,6 +56,11 @@ class VadConfig:
     trim_db : float
         Frames at a segment's edges quieter than its loudest frame by more than
         this (dB) are trimmed off: webrtcvad holds on ~0.1 s after speech ends.
+    quiet_dbfs : float
+        A buffer whose loudest frame is quieter than this (dB re full scale) is
+        amplified to it for webrtcvad, which ignores quiet frames (at -20 dB, it
+        found no speech in 13 of 240 RAVDESS clips); stationary noise this loud
+        stays below its threshold. The segments' samples are not changed.
     """
 
     aggressiveness: int = 2
@@ -65,6 +70,7 @@ class VadConfig:
     padding_s: float = 0.1
     max_segment_s: float = 10.0
     trim_db: float = 40.0
+    quiet_dbfs: float = -35.0
 
     def __post_init__(self) -> None:
         if self.aggressiveness not in (0, 1, 2, 3):
@@ -77,6 +83,7 @@ class VadConfig:
             "padding": self.padding_s,
             "max segment": self.max_segment_s,
             "trim": self.trim_db,
+            "quiet level": self.quiet_dbfs,
         }
         for name, value in seconds.items():
             if not math.isfinite(value):
@@ -224,8 +231,10 @@ def _segment_buffer(buffer, offset, sample_rate, config, final):
     """Yield the complete segments of one buffer; return the samples to carry and their offset."""
     frame_s = config.frame_ms / 1000
     total_s = len(buffer) / sample_rate
-    flags = speech_flags(buffer, sample_rate, config.aggressiveness, config.frame_ms)
     energy_db = frame_energy_db(buffer, sample_rate * config.frame_ms // 1000)
+    lift_db = config.quiet_dbfs - energy_db.max() if len(energy_db) else 0.0
+    heard = buffer * np.float32(10 ** (lift_db / 20)) if lift_db > 0 else buffer
+    flags = speech_flags(heard, sample_rate, config.aggressiveness, config.frame_ms)
     horizon_s = math.inf if final else total_s - (config.min_silence_s + config.padding_s + 2 * frame_s)
     carry_s = min(horizon_s, total_s)
     for segment in flags_to_segments(flags, frame_s, config, total_s, energy_db):

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import scipy.signal
 import soundfile as sf
 import soxr
 from conftest import ESPEAK_RATE, speech_with_silences
@@ -72,3 +73,26 @@ def test_streaming_in_small_buffers_finds_the_same_segments(utterances):
 
 def test_silence_has_no_segments():
     assert list(stream_speech([np.zeros(16000 * 5, np.float32)], 16000, VadConfig())) == []
+
+
+def test_quiet_speech_is_segmented_as_the_same_speech_at_full_level(utterances):
+    signal, _ = speech_with_silences(utterances, silence_s=1.0)
+    signal = soxr.resample(signal, ESPEAK_RATE, 16000)
+    signal += np.random.default_rng(0).normal(0, 1e-3, len(signal)).astype(np.float32)  # -60 dB room noise
+    quiet = signal * np.float32(10 ** (-50 / 20))  # loudest frame below -50 dBFS, under webrtcvad's threshold
+    loud = [segment for segment, _ in stream_speech([signal], 16000, VadConfig())]
+    found = list(stream_speech([quiet], 16000, VadConfig()))
+    assert len(found) == len(loud) == 3
+    for (segment, samples), reference in zip(found, loud):
+        assert segment.start_s == pytest.approx(reference.start_s, abs=0.1)
+        assert segment.end_s == pytest.approx(reference.end_s, abs=0.1)
+        first = round(segment.start_s * 16000)
+        np.testing.assert_array_equal(samples, quiet[first : first + len(samples)])  # raised for the VAD only
+
+
+def test_quiet_noise_is_not_raised_into_speech():
+    noise = np.random.default_rng(0).normal(0, 1, 16000 * 10)
+    rumble = scipy.signal.lfilter(*scipy.signal.butter(1, 0.05), noise).astype(np.float32)  # low, stationary
+    for level_db in (-90, -60):
+        signal = rumble * np.float32(10 ** (level_db / 20) / rumble.std())
+        assert list(stream_speech([signal], 16000, VadConfig())) == []
