@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -121,7 +122,7 @@ def main() -> None:
         args.json.write_text(json.dumps(table, indent=1))
     if args.card:
         card = ModelCard.read(args.card)
-        command = "python benchmarks/robustness.py " + " ".join(sys.argv[1:])
+        command = "python benchmarks/robustness.py " + shlex.join(sys.argv[1:])
         card.metrics[f"robustness_{args.folds}fold"] = card_entry(table, protocol, command)
         card.write(args.card)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict
 from datetime import date
 from pathlib import Path
 
@@ -41,7 +42,8 @@ def main() -> None:
     card.functional_head = head.to_dict()
     card.training["functional_head"] = (
         f"fitted on {len(clips)} clips of {', '.join(c.name for c in args.corpora)}, clean and {len(copies)} "
-        f"degraded copies, {date.today().isoformat()}, by scripts/refit_card_head.py"
+        f"degraded copies segmented with the VAD settings {json.dumps(asdict(vad))}, {date.today().isoformat()}, "
+        "by scripts/refit_card_head.py"
     )
     card.write(args.card)
     print(f"{args.card}: functional head of {head.coef.shape[1]} functionals fitted on {len(clips)} clips")
