@@ -20,7 +20,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -35,12 +35,12 @@ from sercli.vad import VadConfig
 from sercli.writers import (
     TABLE_SUFFIXES,
     atomic_output,
+    concat_columns,
+    frame_columns,
     metadata_path,
     read_metadata,
     read_results,
-    results_frame,
     segment_columns,
-    sort_results,
     table_format,
     table_labels,
     write_csv,
@@ -175,16 +175,17 @@ class ResultsFile:
         path = self.path
         for stale in path.parent.glob(f".{path.name}.*.partial"):
             stale.unlink(missing_ok=True)
-        self.table, stored = results_frame([], self.labels), {}
+        self.table, stored = segment_columns([], self.labels), {}
         if resume:
             try:
-                self.table = read_results(path, cut_off="drop")
+                table = read_results(path, cut_off="drop")
             except ValueError as error:
                 raise OutputError(f"cannot resume: {error}") from None
-            if table_labels(self.table) != self.labels:
+            if table_labels(table) != self.labels:
                 raise OutputError(
-                    f"cannot resume: {path} has the columns of other labels ({', '.join(table_labels(self.table))})"
+                    f"cannot resume: {path} has the columns of other labels ({', '.join(table_labels(table))})"
                 )
+            self.table = frame_columns(table)
             stored = read_metadata(path)
             if not force:
                 _check_same_settings(stored, metadata, path)
@@ -211,11 +212,8 @@ class ResultsFile:
 
     def save(self) -> None:
         started = time.monotonic()
-        if self.pending:  # one table for all new rows: a small one per recording costs 1 ms each
-            import pandas as pd
-
-            new = results_frame(self.pending, self.labels)
-            self.table = sort_results(pd.concat([self.table, new], ignore_index=True))
+        if self.pending:  # one table for all new rows, not one per recording
+            self.table = concat_columns(self.table, segment_columns(self.pending, self.labels))
             self.pending = []
         if self.changed:
             try:
@@ -271,7 +269,7 @@ class CsvStream:
     def close(self) -> None:
         self.save()
 
-    def _write(self, columns: dict[str, list] | None, header: bool = False) -> None:
+    def _write(self, columns: Mapping[str, Sequence] | None, header: bool = False) -> None:
         try:
             if columns is not None:
                 write_csv(columns, self.handle, header)

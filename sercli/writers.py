@@ -1,8 +1,8 @@
 """Writing results: atomic file replacement, CSV and Parquet tables.
 
-pandas and pyarrow are imported by the functions that need them: CSV on a stream
-(:func:`write_csv` of :func:`segment_columns`) needs neither, so ``sercli annotate
-FILE -o -`` starts without their half a second of imports.
+pandas and pyarrow are imported by the functions that need them: CSV (:func:`write_csv`
+of :func:`segment_columns`, on a stream or as a results file) needs neither, so ``sercli
+annotate FILE -o -`` and ``-o results.csv`` start without their half a second of imports.
 """
 
 from __future__ import annotations
@@ -168,18 +168,42 @@ def _ends_mid_line(path: str | Path) -> bool:
         return False  # reading the table will say why
 
 
-def segment_columns(rows: Sequence[SegmentEmotion], labels: Sequence[str] = EMOTIONS) -> dict[str, list]:
-    """Rows as the columns of a results table (:func:`result_columns`), for :func:`write_csv` without pandas."""
+def segment_columns(rows: Sequence[SegmentEmotion], labels: Sequence[str] = EMOTIONS) -> dict[str, Sequence]:
+    """Rows as the columns of a results table (:func:`result_columns`) without pandas: paths and labels
+    as lists, the others as numpy arrays of the table's dtypes (segment int32, seconds float64, scores
+    float32)."""
     probabilities = np.array([row.probabilities for row in rows], dtype=np.float32).reshape(len(rows), len(labels))
     return {
         "path": [row.path for row in rows],
-        "segment": [int(row.segment) for row in rows],
-        "start_s": [float(row.start_s) for row in rows],
-        "end_s": [float(row.end_s) for row in rows],
+        "segment": np.array([row.segment for row in rows], dtype=np.int32),
+        "start_s": np.array([row.start_s for row in rows], dtype=np.float64),
+        "end_s": np.array([row.end_s for row in rows], dtype=np.float64),
         "label": [row.label for row in rows],
-        "confidence": [float(row.confidence) for row in rows],
-        **{f"prob_{label}": probabilities[:, i].tolist() for i, label in enumerate(labels)},
+        "confidence": np.array([row.confidence for row in rows], dtype=np.float32),
+        **{f"prob_{label}": probabilities[:, i].copy() for i, label in enumerate(labels)},
     }
+
+
+def frame_columns(frame: pd.DataFrame) -> dict[str, Sequence]:
+    """A results table's columns as :func:`segment_columns` gives them (text as lists, numbers as arrays)."""
+    return {
+        name: column.to_numpy() if column.dtype.kind in "fiu" else column.tolist() for name, column in frame.items()
+    }
+
+
+def concat_columns(first: Mapping[str, Sequence], second: Mapping[str, Sequence]) -> dict[str, Sequence]:
+    """Two tables of the same columns (:func:`segment_columns`), one after the other, sorted as
+    :func:`sort_results` sorts: by path (a stable sort: each recording's rows keep their order)."""
+    paths = [*first["path"], *second["path"]]
+    order = np.argsort(np.array(paths, dtype=object), kind="stable")
+    joined = {}
+    for name, column in first.items():
+        if isinstance(column, np.ndarray):
+            joined[name] = np.concatenate([column, second[name]])[order]
+        else:
+            values = [*column, *second[name]]
+            joined[name] = [values[i] for i in order]
+    return joined
 
 
 def write_csv(columns: Mapping[str, Sequence], handle: TextIO, header: bool = True) -> None:
@@ -210,8 +234,9 @@ def metadata_path(path: str | Path) -> Path:
     return Path(path).with_name(Path(path).name + ".meta.json")
 
 
-def write_results(frame: pd.DataFrame, path: str | Path, metadata: dict | None = None) -> None:
-    """Atomically write a results table as CSV or Parquet (by suffix), with its metadata.
+def write_results(table: Mapping[str, Sequence], path: str | Path, metadata: dict | None = None) -> None:
+    """Atomically write a results table (a DataFrame, or :func:`segment_columns`) as CSV or Parquet (by
+    suffix), with its metadata.
 
     ``metadata`` (model identity, run options) goes as JSON under the Parquet
     schema metadata key ``sercli``, or for CSV into :func:`metadata_path`, written
@@ -219,8 +244,11 @@ def write_results(frame: pd.DataFrame, path: str | Path, metadata: dict | None =
     """
     text = json.dumps(metadata or {})
     if table_format(path) == "parquet":
+        import pandas as pd
         import pyarrow as pa
         import pyarrow.parquet as pq
+
+        frame = table if isinstance(table, pd.DataFrame) else conform(pd.DataFrame(table))
     else:
         with atomic_output(metadata_path(path)) as partial:
             partial.write_text(text + "\n")
@@ -231,7 +259,7 @@ def write_results(frame: pd.DataFrame, path: str | Path, metadata: dict | None =
             pq.write_table(table.replace_schema_metadata(schema_metadata), partial)
         else:
             with open(partial, "w", newline="", encoding="utf-8") as handle:
-                write_csv(frame, handle)
+                write_csv(table, handle)
 
 
 def read_metadata(path: str | Path) -> dict:

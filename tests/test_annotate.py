@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -169,17 +170,21 @@ def test_help_and_version_are_instant_and_do_not_import_tensorflow():
     assert sercli("--version").stdout.startswith("sercli ")
 
 
-def test_csv_on_stdout_imports_neither_pandas_nor_pyarrow(corpus, litert_model):
-    """Their imports are about half a second of a short run's start-up; a stream of CSV needs no table."""
+@pytest.mark.parametrize("output", ["-", "results.csv"])
+def test_csv_imports_neither_pandas_nor_pyarrow(corpus, litert_model, tmp_path, output):
+    """Their imports are about half a second of a short run's start-up; CSV, on a stream or in a file, needs no
+    table library."""
+    target = output if output == "-" else str(tmp_path / output)
     code = (
         "import sys; from sercli.cli import main; "
-        f"sys.argv = ['sercli', 'annotate', {str(corpus / 'a_speech.wav')!r}, '-o', '-', '--model', {str(litert_model)!r}]"
+        f"sys.argv = ['sercli', 'annotate', {str(corpus / 'a_speech.wav')!r}, '-o', {target!r}, '--model', {str(litert_model)!r}]"
         "\ntry: main()\nexcept SystemExit: pass\n"
         "print('pandas' in sys.modules, 'pyarrow' in sys.modules, file=sys.stderr)"
     )
     result = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     assert result.stderr.splitlines()[-1] == "False False"
-    assert result.stdout.count("a_speech.wav,") == 3
+    text = result.stdout if output == "-" else Path(target).read_text()
+    assert text.count("a_speech.wav,") == 3
 
 
 def test_csv_times_keep_the_millisecond_in_long_recordings(tmp_path):
@@ -195,7 +200,8 @@ def test_csv_times_keep_the_millisecond_in_long_recordings(tmp_path):
     stream = io.StringIO()
     write_csv(segment_columns(rows), stream)
     write_results(results_frame(rows), tmp_path / "r.csv")
-    assert (tmp_path / "r.csv").read_text() == stream.getvalue()
+    write_results(segment_columns(rows), tmp_path / "columns.csv")
+    assert (tmp_path / "r.csv").read_text() == (tmp_path / "columns.csv").read_text() == stream.getvalue()
     lines = stream.getvalue().splitlines()
     assert lines[0] == ",".join(RESULT_COLUMNS)
     assert lines[1] == '"long, named.wav",1,1234.567,43210.988,neutral,0.70959,0.70959,0.12346,0,0,0,0,0,0.1'
