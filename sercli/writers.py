@@ -254,9 +254,9 @@ def write_results(table: Mapping[str, Sequence], path: str | Path, metadata: dic
             partial.write_text(text + "\n")
     with atomic_output(path) as partial:
         if table_format(path) == "parquet":
-            table = pa.Table.from_pandas(frame, preserve_index=False)
-            schema_metadata = {**(table.schema.metadata or {}), b"sercli": text.encode()}
-            pq.write_table(table.replace_schema_metadata(schema_metadata), partial)
+            arrow = pa.Table.from_pandas(frame, preserve_index=False)
+            schema_metadata = {**(arrow.schema.metadata or {}), b"sercli": text.encode()}
+            pq.write_table(arrow.replace_schema_metadata(schema_metadata), partial)
         else:
             with open(partial, "w", newline="", encoding="utf-8") as handle:
                 write_csv(table, handle)

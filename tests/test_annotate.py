@@ -286,3 +286,38 @@ def test_models_shows_whole_digests_at_80_columns(litert_model):
     card = json.loads(litert_model.with_suffix(".json").read_text())
     cells = "".join(line.split("│")[2].strip() for line in text.splitlines() if line.count("│") == 3)
     assert card["sha256"] in cells and "…" not in text
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_a_results_file_sorts_recordings_by_path_across_checkpoints_and_resume(tmp_path, suffix):
+    from sercli.batch import ResultsFile
+    from sercli.files import recording_key
+    from sercli.pipeline import FileOutcome, SegmentEmotion
+
+    uniform = np.full(8, 0.125, np.float32)
+
+    def outcome(name, segments):
+        path = str(tmp_path / name)
+        rows = [SegmentEmotion(path, k, float(k), k + 0.5, "calm", 0.125, uniform) for k in range(1, segments + 1)]
+        return FileOutcome(tmp_path / name, rows, audio_s=10.0)
+
+    out = tmp_path / f"results{suffix}"
+    sink = ResultsFile(out, {"model": "m"}, resume=False)
+    sink.add(outcome("c.wav", 2))
+    sink.save()  # a checkpoint between recordings
+    sink.add(outcome("a.wav", 3))
+    sink.close()
+    sink = ResultsFile(out, {"model": "m"}, resume=True)
+    assert sink.done == {recording_key(tmp_path / "a.wav"), recording_key(tmp_path / "c.wav")}
+    sink.add(outcome("b.wav", 2))
+    sink.close()
+    table = read_results(out)
+    assert [(Path(p).name, s) for p, s in zip(table["path"], table["segment"])] == [
+        ("a.wav", 1),
+        ("a.wav", 2),
+        ("a.wav", 3),
+        ("b.wav", 1),
+        ("b.wav", 2),
+        ("c.wav", 1),
+        ("c.wav", 2),
+    ]
