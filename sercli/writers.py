@@ -192,10 +192,11 @@ def frame_columns(frame: pd.DataFrame) -> dict[str, Sequence]:
 
 
 def concat_columns(first: Mapping[str, Sequence], second: Mapping[str, Sequence]) -> dict[str, Sequence]:
-    """Two tables of the same columns (:func:`segment_columns`), one after the other, sorted as
-    :func:`sort_results` sorts: by path (a stable sort: each recording's rows keep their order)."""
-    paths = [*first["path"], *second["path"]]
-    order = np.argsort(np.array(paths, dtype=object), kind="stable")
+    """Two tables of the same columns (:func:`segment_columns`) as one, sorted as :func:`sort_results`
+    sorts: by path, then start time, then segment."""
+    paths = np.array([*first["path"], *second["path"]], dtype=object)
+    by_time = np.lexsort([np.concatenate([first[name], second[name]]) for name in ("segment", "start_s")])
+    order = by_time[np.argsort(paths[by_time], kind="stable")]  # lexsort takes no strings: paths last, stably
     joined = {}
     for name, column in first.items():
         if isinstance(column, np.ndarray):

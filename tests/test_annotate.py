@@ -296,10 +296,10 @@ def test_a_results_file_sorts_recordings_by_path_across_checkpoints_and_resume(t
 
     uniform = np.full(8, 0.125, np.float32)
 
-    def outcome(name, segments):
+    def outcome(name, segments, reverse=False):
         path = str(tmp_path / name)
         rows = [SegmentEmotion(path, k, float(k), k + 0.5, "calm", 0.125, uniform) for k in range(1, segments + 1)]
-        return FileOutcome(tmp_path / name, rows, audio_s=10.0)
+        return FileOutcome(tmp_path / name, rows[::-1] if reverse else rows, audio_s=10.0)
 
     out = tmp_path / f"results{suffix}"
     sink = ResultsFile(out, {"model": "m"}, resume=False)
@@ -309,7 +309,7 @@ def test_a_results_file_sorts_recordings_by_path_across_checkpoints_and_resume(t
     sink.close()
     sink = ResultsFile(out, {"model": "m"}, resume=True)
     assert sink.done == {recording_key(tmp_path / "a.wav"), recording_key(tmp_path / "c.wav")}
-    sink.add(outcome("b.wav", 2))
+    sink.add(outcome("b.wav", 2, reverse=True))  # rows out of time order are put in order too
     sink.close()
     table = read_results(out)
     assert [(Path(p).name, s) for p, s in zip(table["path"], table["segment"])] == [
