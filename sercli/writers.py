@@ -1,8 +1,10 @@
 """Writing results: atomic file replacement, CSV and Parquet tables.
 
-pandas and pyarrow are imported by the functions that need them: CSV (:func:`write_csv`
-of :func:`segment_columns`, on a stream or as a results file) needs neither, so ``sercli
-annotate FILE -o -`` and ``-o results.csv`` start without their half a second of imports.
+pandas and pyarrow are imported by the functions that need them. Writing rows needs no
+pandas: CSV (:func:`write_csv` of :func:`segment_columns`, on a stream or as a results
+file) needs neither, Parquet only pyarrow, so ``sercli annotate FILE -o -``, ``-o
+results.csv`` and ``-o results.parquet`` start without pandas' half a second of imports;
+reading a table (``--resume``, ``export``) needs pandas.
 """
 
 from __future__ import annotations
@@ -236,8 +238,8 @@ def metadata_path(path: str | Path) -> Path:
 
 
 def write_results(table: Mapping[str, Sequence], path: str | Path, metadata: dict | None = None) -> None:
-    """Atomically write a results table (a DataFrame, or :func:`segment_columns`) as CSV or Parquet (by
-    suffix), with its metadata.
+    """Atomically write a results table (:func:`segment_columns`, or a DataFrame with the results
+    table's dtypes) as CSV or Parquet (by suffix), with its metadata; neither needs pandas.
 
     ``metadata`` (model identity, run options) goes as JSON under the Parquet
     schema metadata key ``sercli``, or for CSV into :func:`metadata_path`, written
@@ -245,22 +247,51 @@ def write_results(table: Mapping[str, Sequence], path: str | Path, metadata: dic
     """
     text = json.dumps(metadata or {})
     if table_format(path) == "parquet":
-        import pandas as pd
-        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        frame = table if isinstance(table, pd.DataFrame) else conform(pd.DataFrame(table))
+        arrow = _arrow_table(table).replace_schema_metadata({b"sercli": text.encode()})
     else:
         with atomic_output(metadata_path(path)) as partial:
             partial.write_text(text + "\n")
     with atomic_output(path) as partial:
         if table_format(path) == "parquet":
-            arrow = pa.Table.from_pandas(frame, preserve_index=False)
-            schema_metadata = {**(arrow.schema.metadata or {}), b"sercli": text.encode()}
-            pq.write_table(arrow.replace_schema_metadata(schema_metadata), partial)
+            pq.write_table(arrow, partial)
         else:
             with open(partial, "w", newline="", encoding="utf-8") as handle:
                 write_csv(table, handle)
+
+
+def _arrow_table(table: Mapping[str, Sequence]):
+    """A results table (:func:`segment_columns`, or a DataFrame) as a pyarrow Table: ``path`` and
+    ``label`` as large strings, the other columns of their own dtypes (segment int32, seconds float64,
+    scores float32); a missing label or a NaN is null.
+
+    The columns are handed to Arrow as buffers (``pa.Array.from_buffers``): ``pa.array``
+    imports pandas for its type checks, which is most of the start-up of a short run.
+    """
+    import pyarrow as pa
+
+    def validity(present: np.ndarray):
+        return None if present.all() else pa.py_buffer(np.packbits(present, bitorder="little"))
+
+    arrays = {}
+    for name, column in table.items():
+        if name in _TEXT_COLUMNS:
+            present = np.array([isinstance(value, str) for value in column], dtype=bool)
+            encoded = [value.encode() if ok else b"" for value, ok in zip(column, present)]
+            offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+            np.cumsum([len(value) for value in encoded], out=offsets[1:])
+            buffers = [validity(present), pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))]
+            arrays[name] = pa.Array.from_buffers(pa.large_string(), len(encoded), buffers)
+        else:
+            values = np.ascontiguousarray(column)
+            present = ~np.isnan(values) if values.dtype.kind == "f" else np.ones(len(values), dtype=bool)
+            buffers = [validity(present), pa.py_buffer(values)]
+            arrays[name] = pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), len(values), buffers)
+    return pa.table(arrays)
+
+
+_TEXT_COLUMNS = ("path", "label")
 
 
 def read_metadata(path: str | Path) -> dict:

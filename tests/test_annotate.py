@@ -170,10 +170,10 @@ def test_help_and_version_are_instant_and_do_not_import_tensorflow():
     assert sercli("--version").stdout.startswith("sercli ")
 
 
-@pytest.mark.parametrize("output", ["-", "results.csv"])
-def test_csv_imports_neither_pandas_nor_pyarrow(corpus, litert_model, tmp_path, output):
-    """Their imports are about half a second of a short run's start-up; CSV, on a stream or in a file, needs no
-    table library."""
+@pytest.mark.parametrize("output", ["-", "results.csv", "results.parquet"])
+def test_writing_rows_imports_no_pandas(corpus, litert_model, tmp_path, output):
+    """pandas' import is about half a second of a short run's start-up: CSV, on a stream or in a file, needs no
+    table library, and Parquet only pyarrow."""
     target = output if output == "-" else str(tmp_path / output)
     code = (
         "import sys; from sercli.cli import main; "
@@ -182,13 +182,16 @@ def test_csv_imports_neither_pandas_nor_pyarrow(corpus, litert_model, tmp_path, 
         "print('pandas' in sys.modules, 'pyarrow' in sys.modules, file=sys.stderr)"
     )
     result = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
-    assert result.stderr.splitlines()[-1] == "False False"
-    text = result.stdout if output == "-" else Path(target).read_text()
-    assert text.count("a_speech.wav,") == 3
+    assert result.stderr.splitlines()[-1] == ("False True" if output.endswith(".parquet") else "False False")
+    if output.endswith(".parquet"):
+        assert read_results(target)["path"].str.endswith("a_speech.wav").sum() == 3
+    else:
+        assert (result.stdout if output == "-" else Path(target).read_text()).count("a_speech.wav,") == 3
 
 
 def test_csv_times_keep_the_millisecond_in_long_recordings(tmp_path):
-    """Times of a 12-hour recording are written to the millisecond, on a stream and in a file alike."""
+    """Times of a 12-hour recording are written to the millisecond, on a stream and in a file alike; in
+    Parquet, a segment without a label has null label and scores."""
     from sercli.pipeline import SegmentEmotion
     from sercli.writers import results_frame, segment_columns, write_csv, write_results
 
@@ -202,6 +205,10 @@ def test_csv_times_keep_the_millisecond_in_long_recordings(tmp_path):
     write_results(results_frame(rows), tmp_path / "r.csv")
     write_results(segment_columns(rows), tmp_path / "columns.csv")
     assert (tmp_path / "r.csv").read_text() == (tmp_path / "columns.csv").read_text() == stream.getvalue()
+    write_results(segment_columns(rows), tmp_path / "columns.parquet")
+    pd.testing.assert_frame_equal(read_results(tmp_path / "columns.parquet"), results_frame(rows))
+    stored = pq.read_table(tmp_path / "columns.parquet")
+    assert stored.column("label").null_count == stored.column("prob_sad").null_count == 1  # missing, not "None" or NaN
     lines = stream.getvalue().splitlines()
     assert lines[0] == ",".join(RESULT_COLUMNS)
     assert lines[1] == '"long, named.wav",1,1234.567,43210.988,neutral,0.70959,0.70959,0.12346,0,0,0,0,0,0.1'
