@@ -34,7 +34,6 @@ from sercli.pipeline import FileOutcome, annotate_files
 from sercli.vad import VadConfig
 from sercli.writers import (
     TABLE_SUFFIXES,
-    atomic_output,
     concat_columns,
     frame_columns,
     metadata_path,
@@ -44,6 +43,7 @@ from sercli.writers import (
     table_format,
     table_labels,
     write_csv,
+    write_csv_file,
     write_results,
 )
 
@@ -298,8 +298,7 @@ def write_errors(failures: list[FileOutcome], path: Path) -> None:
         path.unlink(missing_ok=True)
         return
     columns = {"path": [path_text(f.path) for f in failures], "error": [f.error for f in failures]}
-    with atomic_output(path) as partial, open(partial, "w", newline="", encoding="utf-8") as handle:
-        write_csv(columns, handle)
+    write_csv_file(columns, path)
 
 
 def annotate_into(

@@ -77,7 +77,7 @@ class VadConfig:
             raise ValueError(f"VAD aggressiveness must be 0, 1, 2 or 3, not {self.aggressiveness}")
         if self.frame_ms not in VAD_FRAME_MS:
             raise ValueError(f"VAD frame must be 10, 20 or 30 ms, not {self.frame_ms}")
-        seconds = {
+        numbers = {
             "min speech": self.min_speech_s,
             "min silence": self.min_silence_s,
             "padding": self.padding_s,
@@ -85,7 +85,7 @@ class VadConfig:
             "trim": self.trim_db,
             "quiet level": self.quiet_dbfs,
         }
-        for name, value in seconds.items():
+        for name, value in numbers.items():
             if not math.isfinite(value):
                 raise ValueError(f"{name} must be a number, not {value}")
         if min(self.min_speech_s, self.min_silence_s, self.padding_s) < 0:

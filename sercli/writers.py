@@ -253,12 +253,17 @@ def write_results(table: Mapping[str, Sequence], path: str | Path, metadata: dic
     else:
         with atomic_output(metadata_path(path)) as partial:
             partial.write_text(text + "\n")
-    with atomic_output(path) as partial:
-        if table_format(path) == "parquet":
+    if table_format(path) == "parquet":
+        with atomic_output(path) as partial:
             pq.write_table(arrow, partial)
-        else:
-            with open(partial, "w", newline="", encoding="utf-8") as handle:
-                write_csv(table, handle)
+    else:
+        write_csv_file(table, path)
+
+
+def write_csv_file(columns: Mapping[str, Sequence], path: str | Path) -> None:
+    """Atomically write a table given as its columns as a UTF-8 CSV file (:func:`write_csv`)."""
+    with atomic_output(path) as partial, open(partial, "w", newline="", encoding="utf-8") as handle:
+        write_csv(columns, handle)
 
 
 def _arrow_table(table: Mapping[str, Sequence]):
