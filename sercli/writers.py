@@ -250,14 +250,12 @@ def write_results(table: Mapping[str, Sequence], path: str | Path, metadata: dic
         import pyarrow.parquet as pq
 
         arrow = _arrow_table(table).replace_schema_metadata({b"sercli": text.encode()})
-    else:
-        with atomic_output(metadata_path(path)) as partial:
-            partial.write_text(text + "\n")
-    if table_format(path) == "parquet":
         with atomic_output(path) as partial:
             pq.write_table(arrow, partial)
-    else:
-        write_csv_file(table, path)
+        return
+    with atomic_output(metadata_path(path)) as partial:
+        partial.write_text(text + "\n")
+    write_csv_file(table, path)
 
 
 def write_csv_file(columns: Mapping[str, Sequence], path: str | Path) -> None:
