@@ -34,7 +34,6 @@ from sercli import EMOTIONS
 from sercli.augment import CONDITIONS
 from sercli.datasets import find_clips
 from sercli.evaluation import cached_features, evaluate_clips, iter_clips
-from sercli.features import FeatureConfig
 from sercli.model import ModelCard
 from sercli.robustness import condition_data
 from sercli.training import (
@@ -43,6 +42,7 @@ from sercli.training import (
     TrainConfig,
     degraded_variants,
     fit,
+    fold_features,
     fold_model_path,
 )
 from sercli.vad import VadConfig
@@ -70,7 +70,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write every run's metrics here")
     args = parser.parse_args()
 
-    features, vad, labels = FeatureConfig(), VadConfig(), args.labels.split(",")
+    vad, labels = VadConfig(), args.labels.split(",")
+    features = fold_features(args.cv.with_suffix(""))
     fold = json.loads(args.cv.read_text())[str(args.fold)]
     new_speakers = [f"{int(a):02d}" for a in fold.get("test_speakers") or fold["test_actors"]]  # older: ints
     pool, test_actors = new_speakers[: -args.test], new_speakers[-args.test :]

@@ -26,7 +26,6 @@ from robustness import keras_predictors
 
 from sercli.datasets import clip_groups, corpus_folds, find_clips, natural_key
 from sercli.evaluation import cached_features, classification_metrics, clip_probabilities, standardize_groups
-from sercli.features import FeatureConfig
 from sercli.fusion import fuse, head_log_probabilities
 from sercli.training import TrainConfig, degraded_variants, training_head
 from sercli.vad import VadConfig
@@ -56,14 +55,13 @@ def main() -> None:
     )
     args = parser.parse_args()
     *corpora, folds_folder = args.corpora
-    features = FeatureConfig()
+    predictors, priors, features = keras_predictors(folds_folder, args.folds)
     clips = [clip for corpus in corpora for clip in find_clips(corpus)]
     data = cached_features(args.cache, {"variant": 0}, clips, features, VadConfig()).windows(
         features.window_frames, features.window_hop_frames
     )
     folds = corpus_folds(clips, args.folds)
     names = list(dict.fromkeys(clip.corpus for clip in clips))
-    predictors, priors = keras_predictors(folds_folder, args.folds)
     heads = []
     if args.head:  # fitted on the clean clips of the fold's other speakers and their degraded copies
         copies = degraded_variants(clips, features, VadConfig(), TrainConfig(), args.cache, folds)

@@ -30,11 +30,14 @@ from sercli.robustness import CnnFolds, OpenSmileBaseline, card_entry, format_ta
 from sercli.vad import VadConfig
 
 
-def keras_predictors(folder: Path, folds: int) -> tuple[list, list]:
-    """One batched predict function per fold model in ``folder``, and each fold's prior
-    (``fold-<k>.prior.json``; none for models trained before priors)."""
+def keras_predictors(folder: Path, folds: int) -> tuple[list, list, FeatureConfig]:
+    """One batched predict function per fold model in ``folder``, each fold's prior
+    (``fold-<k>.prior.json``; none for models trained before priors) and the features the fold models
+    take (``features.json``, as :func:`sercli.training.cross_validate` records them)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
+
+    from sercli.training import fold_features  # TensorFlow, as keras: not at the top (see main)
 
     models = [keras.models.load_model(folder / f"fold-{k}.keras", compile=False) for k in range(folds)]
     priors = []
@@ -42,7 +45,8 @@ def keras_predictors(folder: Path, folds: int) -> tuple[list, list]:
         path = folder / f"fold-{k}.prior.json"
         fields = json.loads(path.read_text()) if path.exists() else {}
         priors.append(FrameStats.of_moments(fields["mean"], fields["std"], fields["frames"]) if fields else None)
-    return [lambda w, m=m: m.predict(w[..., None], batch_size=256, verbose=0) for m in models], priors
+    features = fold_features(folder)
+    return [lambda w, m=m: m.predict(w[..., None], batch_size=256, verbose=0) for m in models], priors, features
 
 
 def main() -> None:
@@ -62,12 +66,6 @@ def main() -> None:
     parser.add_argument(
         "--baseline", action="store_true", help="add openSMILE eGeMAPS + LogReg, per speaker and global"
     )
-    parser.add_argument(
-        "--hop-length",
-        type=int,
-        default=FeatureConfig.hop_length,
-        help="MFCC hop of the fold models' features, in samples at 16 kHz (as they were trained)",
-    )
     parser.add_argument("--condition", action="append", choices=sorted(CONDITIONS), help="default: all")
     parser.add_argument("--cache", type=Path, help="folder keeping degraded features between runs")
     parser.add_argument("--per-class", action="store_true")
@@ -77,29 +75,34 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    features, vad = FeatureConfig(hop_length=args.hop_length), VadConfig()
+    vad = VadConfig()
     clips = find_clips(args.ravdess, "ravdess")
     folds = speaker_folds([c.speaker for c in clips], args.folds)
 
     def log(message: str) -> None:
         print(message, file=sys.stderr)
 
+    specs = []  # (name, folder of fold models, grouping[+head])
+    for spec in args.cnn:
+        name, _, target = spec.partition("=")
+        folder, _, grouping = target.partition(":")
+        specs.append((name, folder, grouping))
+    loaded = {folder: keras_predictors(Path(folder), args.folds) for _, folder, _ in specs}  # one load a folder
+    taken = {json.dumps(config.to_dict()) for _, _, config in loaded.values()}
+    if len(taken) > 1:
+        parser.error(f"the fold models take different features, which one table cannot hold: {sorted(taken)}")
+    features = FeatureConfig(**json.loads(taken.pop())) if taken else FeatureConfig()
     copies = []
-    if any(spec.endswith("+head") for spec in args.cnn):
+    if any(grouping.endswith("+head") for _, _, grouping in specs):
         # imported here: sercli.training imports TensorFlow, which openSMILE's worker process (it imports
         # this module afresh) must not have beside it
         from sercli.training import TrainConfig, degraded_variants
 
         copies = degraded_variants(clips, features, vad, TrainConfig(), args.cache, folds, log=log)
     systems = []
-    loaded: dict[str, list] = {}
-    for spec in args.cnn:
-        name, _, target = spec.partition("=")
-        folder, _, grouping = target.partition(":")
+    for name, folder, grouping in specs:
         grouping, _, head = grouping.partition("+")
-        if folder not in loaded:  # one load per folder, however many groupings score it
-            loaded[folder] = keras_predictors(Path(folder), args.folds)
-        predictors, priors = loaded[folder]
+        predictors, priors, _ = loaded[folder]
         systems.append(
             CnnFolds(name, predictors, features, grouping or "speaker", priors, head == "head", copies if head else ())
         )

@@ -73,7 +73,7 @@ def main() -> None:
         epochs = "" if args.epochs is None else f"-{args.epochs}epochs"
         checkpoint = args.runs / f"{name}-seed{args.seed}{epochs}{corpora}-{args.folds}fold.cv.json"
         results[name] = cross_validate(
-            training, data, folds, config, checkpoint, log=lambda m, name=name: print(name, m, flush=True)
+            training, data, folds, config, features, checkpoint, log=lambda m, name=name: print(name, m, flush=True)
         )
         print(f"{name}: {time.monotonic() - started:.0f} s", flush=True)
     print(f"\n{args.folds}-fold leave-speakers-out, clean clips, clip-level UA (seed {args.seed})")

@@ -245,6 +245,7 @@ def cross_validate(
     data: WindowSet,
     folds: list[list[str]],
     config: TrainConfig,
+    features: FeatureConfig,
     checkpoint: Path,
     log: Log = lambda _: None,
     base: BaseModel | None = None,
@@ -257,7 +258,9 @@ def cross_validate(
     metrics have each corpus's too (``by_corpus``). Finished folds are stored in the
     JSON file ``checkpoint``, and each fold's model beside it
     (``<checkpoint stem>/fold-<k>.keras``, kept for the robustness benchmark), so
-    a restarted run does not redo them.
+    a restarted run does not redo them. The folder's ``features.json`` records the
+    features the fold models take (:meth:`FeatureConfig.to_dict`); a restarted run
+    whose features differ stops rather than mix fold models.
 
     Parameters
     ----------
@@ -268,6 +271,8 @@ def cross_validate(
         Clean windows of all clips as annotation cuts them: validation and test.
     folds : list of list of str
         Test speakers (:attr:`LabelledClip.group`) of each fold.
+    features : FeatureConfig
+        The features ``training`` and ``data`` were made with.
     base : BaseModel, optional
         Each fold fine-tunes this model (see :func:`fit`).
 
@@ -281,6 +286,11 @@ def cross_validate(
     import json
 
     done = json.loads(checkpoint.read_text()) if checkpoint.exists() else {}
+    folder = checkpoint.with_suffix("")
+    if (folder / FOLD_FEATURES).exists() and fold_features(folder) != features:
+        raise ModelError(f"{folder / FOLD_FEATURES}: the fold models there take other features than {features}")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / FOLD_FEATURES).write_text(json.dumps(features.to_dict()))
     true_all, predicted_all, clips_all = [], [], []
     for k, test_speakers in enumerate(folds):
         rest = sorted({clip.group for clip in data.clips} - set(test_speakers), key=natural_key)
@@ -296,7 +306,6 @@ def cross_validate(
             validation = data.for_speakers(val_speakers) if val_speakers else None
             model, history = fit(train, validation, config, log, base)
             fold_model = fold_model_path(checkpoint, k)
-            fold_model.parent.mkdir(parents=True, exist_ok=True)
             model.save(fold_model)
             prior = training_prior(train[0], config, base)
             write_prior(prior, fold_model.with_suffix(".prior.json"))
@@ -350,6 +359,17 @@ def cross_validate(
             for k in range(len(folds))
         ],
     }
+
+
+FOLD_FEATURES = "features.json"
+"""The file beside :func:`cross_validate`'s fold models that records the features they take."""
+
+
+def fold_features(folder: Path) -> FeatureConfig:
+    """The features the fold models in ``folder`` (``<checkpoint stem>``, see :func:`fold_model_path`) take."""
+    import json
+
+    return FeatureConfig(**json.loads((folder / FOLD_FEATURES).read_text()))
 
 
 def fold_model_path(checkpoint: Path, fold: int) -> Path:
@@ -763,7 +783,9 @@ def train_model(
     metrics = {}
     if cv_folds:
         checkpoint = output.with_name(output.name + ".cv.json")
-        metrics["cross_validation"] = cross_validate(training, everything, folds, config, checkpoint, log, base)
+        metrics["cross_validation"] = cross_validate(
+            training, everything, folds, config, features, checkpoint, log, base
+        )
         if not validation:
             best = [fold["best_epoch"] for fold in metrics["cross_validation"]["folds"]]
             config = replace(config, epochs=int(np.median(best)))

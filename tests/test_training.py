@@ -118,6 +118,10 @@ def test_train_cross_validates_by_actor_and_writes_model_and_card(ravdess, tmp_p
     ).stdout
     assert "| condition | tiny | tiny fused | openSMILE per speaker | openSMILE global |" in table
     assert "| clean | " in table and "| telephone | " in table
+    # ... with the features the fold models were trained on, which their folder records
+    from sercli.training import fold_features
+
+    assert fold_features(Path(f"{out}.cv")) == card.feature_config
 
 
 @pytest.mark.slow
@@ -232,6 +236,19 @@ def test_cv_spread_scores_folds_speakers_and_every_test_set(ravdess, tmp_path):
     assert "by speaker: 01 1.00, 02 1.00, 03 0.00, 04 0.00" in printed
     assert "4 test sets of 1 men and 1 women" in printed
     assert "median 0.500, lowest 0.000, highest 1.000" in printed
+
+
+def test_a_resumed_cross_validation_refuses_other_features_than_its_fold_models_take(tmp_path):
+    from sercli.features import FeatureConfig
+    from sercli.model import ModelError
+    from sercli.training import TrainConfig, cross_validate, fold_features
+
+    checkpoint = tmp_path / "run.cv.json"
+    (tmp_path / "run.cv").mkdir()
+    (tmp_path / "run.cv" / "features.json").write_text(json.dumps(FeatureConfig(hop_length=160).to_dict()))
+    with pytest.raises(ModelError, match="take other features"):
+        cross_validate([], None, [], TrainConfig(), FeatureConfig(), checkpoint)
+    assert fold_features(tmp_path / "run.cv") == FeatureConfig(hop_length=160)  # left as it was
 
 
 def test_sercli_train_defaults_are_the_training_configs():
