@@ -88,10 +88,10 @@ def main() -> None:
         folder, _, grouping = target.partition(":")
         specs.append((name, folder, grouping))
     loaded = {folder: keras_predictors(Path(folder), args.folds) for _, folder, _ in specs}  # one load a folder
-    taken = {json.dumps(config.to_dict()) for _, _, config in loaded.values()}
+    taken = {config for _, _, config in loaded.values()}
     if len(taken) > 1:
-        parser.error(f"the fold models take different features, which one table cannot hold: {sorted(taken)}")
-    features = FeatureConfig(**json.loads(taken.pop())) if taken else FeatureConfig()
+        parser.error(f"the fold models take different features, which one table cannot hold: {taken}")
+    features = taken.pop() if taken else FeatureConfig()
     copies = []
     if any(grouping.endswith("+head") for _, _, grouping in specs):
         # imported here: sercli.training imports TensorFlow, which openSMILE's worker process (it imports
