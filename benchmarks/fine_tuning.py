@@ -43,6 +43,7 @@ from sercli.training import (
     degraded_variants,
     fit,
     fold_features,
+    fold_folder,
     fold_model_path,
 )
 from sercli.vad import VadConfig
@@ -71,7 +72,7 @@ def main() -> None:
     args = parser.parse_args()
 
     vad, labels = VadConfig(), args.labels.split(",")
-    features = fold_features(args.cv.with_suffix(""))
+    features = fold_features(fold_folder(args.cv))
     fold = json.loads(args.cv.read_text())[str(args.fold)]
     new_speakers = [f"{int(a):02d}" for a in fold.get("test_speakers") or fold["test_actors"]]  # older: ints
     pool, test_actors = new_speakers[: -args.test], new_speakers[-args.test :]

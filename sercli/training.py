@@ -286,11 +286,13 @@ def cross_validate(
     import json
 
     done = json.loads(checkpoint.read_text()) if checkpoint.exists() else {}
-    folder = checkpoint.with_suffix("")
-    if (folder / FOLD_FEATURES).exists() and fold_features(folder) != features:
+    folder = fold_folder(checkpoint)
+    if not (folder / FOLD_FEATURES).exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_output(folder / FOLD_FEATURES) as partial:
+            partial.write_text(json.dumps(features.to_dict()))
+    elif fold_features(folder) != features:
         raise ModelError(f"{folder / FOLD_FEATURES}: the fold models there take other features than {features}")
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / FOLD_FEATURES).write_text(json.dumps(features.to_dict()))
     true_all, predicted_all, clips_all = [], [], []
     for k, test_speakers in enumerate(folds):
         rest = sorted({clip.group for clip in data.clips} - set(test_speakers), key=natural_key)
@@ -365,8 +367,13 @@ FOLD_FEATURES = "features.json"
 """The file beside :func:`cross_validate`'s fold models that records the features they take."""
 
 
+def fold_folder(checkpoint: Path) -> Path:
+    """Where :func:`cross_validate` keeps the fold models of ``checkpoint``: ``<checkpoint stem>``."""
+    return checkpoint.with_suffix("")
+
+
 def fold_features(folder: Path) -> FeatureConfig:
-    """The features the fold models in ``folder`` (``<checkpoint stem>``, see :func:`fold_model_path`) take."""
+    """The features the fold models in ``folder`` (see :func:`fold_folder`) take."""
     import json
 
     return FeatureConfig(**json.loads((folder / FOLD_FEATURES).read_text()))
@@ -375,7 +382,7 @@ def fold_features(folder: Path) -> FeatureConfig:
 def fold_model_path(checkpoint: Path, fold: int) -> Path:
     """Where :func:`cross_validate` keeps fold ``fold``'s (0-based) model (its prior beside it,
     ``fold-<k>.prior.json``: see :func:`write_prior`)."""
-    return checkpoint.with_suffix("") / f"fold-{fold}.keras"
+    return fold_folder(checkpoint) / f"fold-{fold}.keras"
 
 
 def training_head(train: list[WindowSet]) -> FunctionalHead:
