@@ -19,7 +19,7 @@ from pathlib import Path
 from sercli.datasets import find_clips, natural_key
 from sercli.evaluation import cached_features
 from sercli.model import ModelCard
-from sercli.training import TrainConfig, degraded_variants, training_head
+from sercli.training import TrainConfig, degraded_variants, head_provenance, training_head
 from sercli.vad import VadConfig
 
 
@@ -41,9 +41,8 @@ def main() -> None:
     head = training_head(training)
     card.functional_head = head.to_dict()
     card.training["functional_head"] = (
-        f"fitted on {len(clips)} clips of {', '.join(c.name for c in args.corpora)}, clean and {len(copies)} "
-        f"degraded copies segmented with the VAD settings {json.dumps(asdict(vad))}, {date.today().isoformat()}, "
-        "by scripts/refit_card_head.py"
+        f"{head_provenance(training)} ({', '.join(c.name for c in args.corpora)}), segmented with the VAD settings "
+        f"{json.dumps(asdict(vad))}, {date.today().isoformat()}, by scripts/refit_card_head.py"
     )
     card.write(args.card)
     print(f"{args.card}: functional head of {head.coef.shape[1]} functionals fitted on {len(clips)} clips")

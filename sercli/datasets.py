@@ -435,6 +435,20 @@ def validation_speakers(speakers: list[str]) -> list[str]:
     return ordered[-count:] if len(ordered) >= 2 else []
 
 
+def balanced_weights(clips: list[LabelledClip]) -> np.ndarray:
+    """Each clip's training weight, shape ``(n_clips,)``, mean 1: every corpus weighs the same in total, and
+    within a corpus every label it has weighs the same (RAVDESS's neutral, with half the clips of the other
+    emotions, counts twice per clip). The network's loss and the functional head are weighted by it."""
+    labels = np.array([clip.label for clip in clips], dtype=object)
+    corpora = np.array([clip.corpus or "" for clip in clips], dtype=object)
+    weights = np.empty(len(clips))
+    for corpus in np.unique(corpora):
+        members = corpora == corpus
+        names, index, counts = np.unique(labels[members], return_inverse=True, return_counts=True)
+        weights[members] = 1.0 / (len(names) * counts[index])
+    return weights * len(clips) / len(np.unique(corpora))
+
+
 def clip_groups(clips: list[LabelledClip]) -> np.ndarray:
     """Each clip's :attr:`LabelledClip.group`, shape ``(n_clips,)``."""
     return np.array([clip.group for clip in clips], dtype=object)

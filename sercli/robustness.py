@@ -26,7 +26,7 @@ from typing import ClassVar, Protocol
 import numpy as np
 
 from sercli.augment import CONDITIONS
-from sercli.datasets import LabelledClip, clip_groups, label_order
+from sercli.datasets import LabelledClip, balanced_weights, clip_groups, label_order
 from sercli.evaluation import (
     ClipFeatures,
     Log,
@@ -189,9 +189,11 @@ class CnnFolds:
             return probabilities.argmax(axis=1)
         if fold not in self._heads:
             labels = np.array([subset.labels.index(clean.clips[i].label) for i in train])
-            speakers = clip_groups([clean.clips[i] for i in train])
+            train_clips = [clean.clips[i] for i in train]
             rows = [copy.functionals[train] for copy in [clean.features, *self.copies]]
-            self._heads[fold] = fit_head(rows, labels, speakers, len(subset.labels))
+            self._heads[fold] = fit_head(
+                rows, labels, clip_groups(train_clips), len(subset.labels), balanced_weights(train_clips)
+            )
         head = self._heads[fold]
         if groups is None:
             scores = head.log_probabilities(subset.functionals, FrameStats.empty(subset.functionals.shape[1]))

@@ -28,6 +28,7 @@ from sercli.augment import AugmentConfig, random_degradation
 from sercli.datasets import (
     DatasetError,
     LabelledClip,
+    balanced_weights,
     clip_groups,
     corpus_folds,
     corpus_speakers,
@@ -391,7 +392,11 @@ def training_head(train: list[WindowSet]) -> FunctionalHead:
     (each recording's when speakers are unknown)."""
     clean = train[0]
     return fit_head(
-        [copy.functionals for copy in train], clean.clip_labels, clip_groups(clean.clips), len(clean.labels)
+        [copy.functionals for copy in train],
+        clean.clip_labels,
+        clip_groups(clean.clips),
+        len(clean.labels),
+        balanced_weights(clean.clips),
     )
 
 
@@ -548,7 +553,8 @@ class _TrainingBatches(keras.utils.PyDataset):
         self.clip_of = np.concatenate([v.clip_index for v in variants])
         self.variant_of = np.repeat(np.arange(len(variants)), [len(v.windows) for v in variants])
         self.stats = np.stack([v.clip_stats for v in variants])  # (variants, clips, 3, coeffs)
-        self.labels, self.weights = variants[0].clip_labels, _balanced_weights(variants[0])
+        self.labels = variants[0].clip_labels
+        self.weights = balanced_weights(self.clips).astype(np.float32)
         self.rng = np.random.default_rng(config.seed)
         self.epoch_windows = len(variants[0].windows)
         self.on_epoch_end()
@@ -616,20 +622,6 @@ class _TrainingBatches(keras.utils.PyDataset):
         """Windows ``rows``, standardised with their clip's group statistics of this epoch."""
         clips = self.clip_of[rows]
         return (self.windows[rows] - self.mean[clips][:, None]) / self.std[clips][:, None]
-
-
-def _balanced_weights(data: WindowSet) -> np.ndarray:
-    """Each clip's loss weight, shape ``(n_clips,)``, mean 1: every corpus weighs the same in total, and
-    within a corpus every label it has weighs the same (RAVDESS's neutral, with half the clips of the
-    other emotions, counts twice per clip)."""
-    labels = data.clip_labels
-    corpora = np.array([clip.corpus or "" for clip in data.clips])
-    weights = np.empty(len(labels), dtype=np.float32)
-    for corpus in np.unique(corpora):
-        members = corpora == corpus
-        counts = np.bincount(labels[members], minlength=len(data.labels))
-        weights[members] = 1.0 / (np.count_nonzero(counts) * counts[labels[members]])
-    return weights * len(labels) / len(np.unique(corpora))
 
 
 def spec_augment(windows: np.ndarray, rng: np.random.Generator) -> None:
@@ -825,7 +817,10 @@ def train_model(
 
 def head_provenance(train: list[WindowSet]) -> str:
     """What a card says of its functional head fitted by :func:`training_head` on ``train`` (clean, then copies)."""
-    return f"fitted on {len(train[0].clips)} training clips, clean and as {len(train) - 1} degraded copies"
+    return (
+        f"fitted on {len(train[0].clips)} training clips, clean and as {len(train) - 1} degraded copies, "
+        "every corpus and every class within it weighing alike"
+    )
 
 
 def train_sources(

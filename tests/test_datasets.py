@@ -12,6 +12,7 @@ from sercli.datasets import (
     LAYOUTS,
     DatasetError,
     LabelledClip,
+    balanced_weights,
     find_clips,
     label_order,
     load_clips,
@@ -208,6 +209,19 @@ def test_speaker_folds_and_validation_speakers():
     assert validation_speakers(["s1"]) == []
     with pytest.raises(DatasetError, match="cannot make 3 folds from 2 speakers"):
         speaker_folds(["a", "b"], 3)
+
+
+def test_balanced_weights_weigh_corpora_alike_and_labels_alike_within_each():
+    big = [LabelledClip(Path(f"b{i}.wav"), "angry" if i < 60 else "sad", corpus="nemo") for i in range(80)]
+    small = [LabelledClip(Path(f"s{i}.wav"), ["neutral", "calm", "sad"][i % 3], corpus="ravdess") for i in range(30)]
+    clips = big + small
+    weights = balanced_weights(clips)
+    assert weights.shape == (110,) and np.isclose(weights.mean(), 1.0)
+    assert np.isclose(weights[:80].sum(), weights[80:].sum())  # 80 clips weigh what 30 do
+    labels = np.array([c.label for c in clips])
+    assert np.isclose(weights[:80][labels[:80] == "angry"].sum(), weights[:80][labels[:80] == "sad"].sum())
+    assert np.allclose([weights[80:][labels[80:] == label].sum() for label in ("neutral", "calm", "sad")], 55 / 3)
+    assert np.allclose(balanced_weights(small), 1.0)  # one corpus, labels alike: every clip 1
 
 
 def test_bootstrap_interval_holds_the_estimate_and_widens_when_speakers_differ():

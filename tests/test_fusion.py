@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -88,7 +90,7 @@ def speakers_with_classes(n_speakers: int = 6, per_class: int = 20, n_labels: in
 
 def test_fit_head_learns_classes_through_speaker_shifts():
     x, y, groups = speakers_with_classes(n_speakers=10)
-    head = fit_head([x[groups < 6]], y[groups < 6], groups[groups < 6], n_labels=4)
+    head = fit_head([x[groups < 6]], y[groups < 6], groups[groups < 6], 4, np.ones((groups < 6).sum()))
     test = groups >= 6
     predicted = head_log_probabilities(head, x[test], groups[test]).argmax(axis=1)
     assert np.mean(predicted == y[test]) > 0.7  # chance 1/3
@@ -100,7 +102,7 @@ def test_fit_head_learns_classes_through_speaker_shifts():
 
 def test_fit_head_with_two_labels_scores_both():
     x, y, groups = speakers_with_classes(n_labels=2)
-    head = fit_head([x], y, groups, n_labels=2)
+    head = fit_head([x], y, groups, 2, np.ones(len(y)))
     predicted = head_log_probabilities(head, x, groups).argmax(axis=1)
     assert set(predicted) == {0, 1} and np.mean(predicted == y) > 0.8
 
@@ -114,8 +116,9 @@ def test_fit_head_on_degraded_copies_leans_on_what_survives_them():
     noisy = x.copy()
     noisy[:, 0] = rng.normal(20, 3, len(y))
     train, test = groups < 5, groups >= 5
-    clean_only = fit_head([x[train]], y[train], groups[train], n_labels=2)
-    with_copies = fit_head([x[train], noisy[train]], y[train], groups[train], n_labels=2)
+    ones = np.ones(train.sum())
+    clean_only = fit_head([x[train]], y[train], groups[train], 2, ones)
+    with_copies = fit_head([x[train], noisy[train]], y[train], groups[train], 2, ones)
     assert abs(with_copies.coef[1, 0]) < abs(clean_only.coef[1, 0])
     assert abs(with_copies.coef[1, 1]) > abs(clean_only.coef[1, 1])
 
@@ -125,6 +128,31 @@ def test_fit_head_on_degraded_copies_leans_on_what_survives_them():
     alone = np.arange(test.sum())  # each noisy clip standardised alone: the shift is not taken out
     assert accuracy(with_copies, noisy, alone) > accuracy(clean_only, noisy, alone) + 0.1
     assert accuracy(with_copies, x, groups[test]) > 0.75  # still right on clean clips, per speaker
+
+
+def test_fit_head_weighs_a_small_corpus_as_much_as_a_large_one():
+    # functional 0 tells the classes apart with opposite signs in the two corpora; functional 1, weakly, in
+    # the small one only. Weighted per corpus, functional 0 cancels out and the small corpus is labelled
+    # by functional 1; weighted per clip, the large corpus's sign wins and the small one is labelled backwards.
+    from sercli.datasets import LabelledClip, balanced_weights
+
+    x, y, groups = speakers_with_classes(n_labels=2, n_speakers=10, per_class=20)
+    rng = np.random.default_rng(5)
+    small = groups >= 8  # 2 speakers against 8
+    sign = np.where(y == 1, 1.0, -1.0)
+    x[:, 0] = 2.0 * sign * np.where(small, -1.0, 1.0) + rng.normal(0, 1, len(y))
+    x[:, 1] = np.where(small, 1.0 * sign, 0.0) + rng.normal(0, 1, len(y))
+    clips = [
+        LabelledClip(Path(f"{i}.wav"), str(label), corpus="b" if s else "a")
+        for i, (label, s) in enumerate(zip(y, small))
+    ]
+    by_corpus = fit_head([x], y, groups, 2, balanced_weights(clips))
+    by_clip = fit_head([x], y, groups, 2, np.ones(len(y)))
+
+    def accuracy(head):
+        return np.mean(head_log_probabilities(head, x[small], groups[small]).argmax(axis=1) == y[small])
+
+    assert accuracy(by_clip) < 0.4 and accuracy(by_corpus) > 0.6
 
 
 @pytest.mark.parametrize("bad", [{"coef": [[1.0]]}, {"prior": {}}])
