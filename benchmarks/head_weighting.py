@@ -6,9 +6,10 @@ speakers it never heard, per corpus.
         --cnn "RAVDESS + nEMO=runs/speaker-multi-ema-hop25-seed0-nemo-5fold.cv" \
         --cnn "RAVDESS=runs/speaker-multi-ema-hop25-seed0-5fold.cv"
 
-The folds and training speakers are those of ``benchmarks/training_options.py`` with the same corpora (each
-fold's validation speakers left out, as :func:`sercli.training.cross_validate` leaves them out of the head),
-the clips clean and as the recipe's degraded copies, each test speaker's clips one group. Weightings:
+The folds and training speakers are those of ``benchmarks/training_options.py`` with the same corpora
+(:func:`sercli.datasets.fold_split`: each fold's validation speakers left out, as
+:func:`sercli.training.cross_validate` leaves them out of the head), the clips clean and as the recipe's
+degraded copies, each test speaker's clips one group. Weightings:
 
 - ``first corpus``: the first corpus's training speakers only, classes alike;
 - ``per class``: every corpus, classes alike over all of them (larger corpora weigh more);
@@ -37,8 +38,7 @@ from sercli.datasets import (
     corpus_folds,
     corpus_speakers,
     find_clips,
-    natural_key,
-    validation_speakers,
+    fold_split,
 )
 from sercli.evaluation import cached_features, classification_metrics, clip_probabilities, standardize_groups
 from sercli.features import FeatureConfig
@@ -94,8 +94,7 @@ def main() -> None:
     predicted = {name: [] for name in WEIGHTINGS}  # head alone; then (network, None): network alone; fused
     predicted |= {(network, name): [] for network in networks for name in [None, *WEIGHTINGS]}
     for k, test_speakers in enumerate(folds[:tested]):
-        rest = sorted({clip.group for clip in clean.clips} - set(test_speakers), key=natural_key)
-        held = {s for speakers in by_corpus.values() for s in validation_speakers([s for s in speakers if s in rest])}
+        trained, _ = fold_split(clean.clips, test_speakers)
         test = data.for_speakers(test_speakers)
         true.append(test.clip_labels)
         corpora += [clip.corpus for clip in test.clips]
@@ -106,7 +105,7 @@ def main() -> None:
             outputs[network] = clip_probabilities(predictors[k](x), test)
             predicted[network, None].append(outputs[network].argmax(axis=1))
         for name, weighting in WEIGHTINGS.items():
-            speakers = [s for s in rest if s not in held and (name != "first corpus" or s in first)]
+            speakers = [s for s in trained if name != "first corpus" or s in first]
             train = [t.for_speakers(speakers) for t in training]
             head = fit_head(
                 [t.functionals for t in train],

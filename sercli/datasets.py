@@ -435,6 +435,24 @@ def validation_speakers(speakers: list[str]) -> list[str]:
     return ordered[-count:] if len(ordered) >= 2 else []
 
 
+def fold_split(clips: list[LabelledClip], test_speakers: list[str]) -> tuple[list[str], list[str]]:
+    """A cross-validation fold's training and early-stopping speakers: of the speakers not in
+    ``test_speakers``, each corpus's :func:`validation_speakers` stop early and the rest are trained on.
+
+    Returns
+    -------
+    train, validation : list of str
+        Speakers (:attr:`LabelledClip.group`); ``train`` in natural order, ``validation`` corpus by corpus.
+    """
+    rest = sorted({clip.group for clip in clips} - set(test_speakers), key=natural_key)
+    validation = [
+        speaker
+        for speakers in corpus_speakers(clips).values()
+        for speaker in validation_speakers([s for s in speakers if s in rest])
+    ]
+    return [s for s in rest if s not in validation], validation
+
+
 def balanced_weights(clips: list[LabelledClip]) -> np.ndarray:
     """Each clip's training weight, shape ``(n_clips,)``, mean 1: every corpus weighs the same in total, and
     within a corpus every label it has weighs the same (RAVDESS's neutral, with half the clips of the other

@@ -31,12 +31,11 @@ from sercli.datasets import (
     balanced_weights,
     clip_groups,
     corpus_folds,
-    corpus_speakers,
+    fold_split,
     label_counts,
     label_order,
     load_clips,
     natural_key,
-    validation_speakers,
 )
 from sercli.evaluation import (
     ClipFeatures,
@@ -296,13 +295,7 @@ def cross_validate(
         raise ModelError(f"{folder / FOLD_FEATURES}: the fold models there take other features than {features}")
     true_all, predicted_all, clips_all = [], [], []
     for k, test_speakers in enumerate(folds):
-        rest = sorted({clip.group for clip in data.clips} - set(test_speakers), key=natural_key)
-        val_speakers = [  # from each corpus
-            speaker
-            for speakers in corpus_speakers(data.clips).values()
-            for speaker in validation_speakers([s for s in speakers if s in rest])
-        ]
-        train_speakers = [a for a in rest if a not in val_speakers]
+        train_speakers, val_speakers = fold_split(data.clips, test_speakers)
         if str(k) not in done:
             log(f"fold {k + 1}/{len(folds)}: test speakers {test_speakers}, validation {val_speakers}")
             train = [variant.for_speakers(train_speakers) for variant in training]

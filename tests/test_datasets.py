@@ -14,6 +14,7 @@ from sercli.datasets import (
     LabelledClip,
     balanced_weights,
     find_clips,
+    fold_split,
     label_order,
     load_clips,
     read_labels_table,
@@ -209,6 +210,14 @@ def test_speaker_folds_and_validation_speakers():
     assert validation_speakers(["s1"]) == []
     with pytest.raises(DatasetError, match="cannot make 3 folds from 2 speakers"):
         speaker_folds(["a", "b"], 3)
+
+
+def test_fold_split_stops_early_on_speakers_of_every_corpus_outside_the_test_fold():
+    clips = [LabelledClip(Path(f"{s}.wav"), "sad", speaker=s, corpus="ravdess") for s in ["01", "02", "03", "04", "05"]]
+    clips += [LabelledClip(Path(f"{s}.wav"), "sad", speaker=s, corpus="nemo") for s in ["A0", "B0", "C0"]]
+    train, validation = fold_split(clips, ["01", "05", "A0"])
+    assert validation == ["04", "C0"]  # the last of each corpus's rest (three and two speakers)
+    assert train == ["02", "03", "B0"]
 
 
 def test_balanced_weights_weigh_corpora_alike_and_labels_alike_within_each():
