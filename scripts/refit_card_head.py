@@ -41,11 +41,11 @@ def main() -> None:
     head = training_head(training)
     card.functional_head = head.to_dict()
     card.training["functional_head"] = (
-        f"{head_provenance(training)} ({', '.join(c.name for c in args.corpora)}), segmented with the VAD settings "
+        f"{head_provenance(training, head)} ({', '.join(c.name for c in args.corpora)}), segmented with the VAD settings "
         f"{json.dumps(asdict(vad))}, {date.today().isoformat()}, by scripts/refit_card_head.py"
     )
     card.write(args.card)
-    print(f"{args.card}: functional head of {head.coef.shape[1]} functionals fitted on {len(clips)} clips")
+    print(f"{args.card}: functional head of {head.shape[0]} functionals fitted on {len(clips)} clips")
 
 
 if __name__ == "__main__":

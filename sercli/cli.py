@@ -633,7 +633,10 @@ def models(model: ModelOption = None) -> None:
     table.add_row("features", json.dumps(card.features))
     table.add_row("normalization", card.normalization)
     if card.head is not None:
-        table.add_row("functional head", f"{card.head.coef.shape[1]} functionals of each segment (sercli.prosody)")
+        head = card.head
+        table.add_row(
+            "functional head", f"{head.shape[0]} functionals of each segment (sercli.prosody), {head.architecture}"
+        )
     for key in ("data", "training_speakers", "training_actors", "validation_speakers", "validation_actors", "clips"):
         if key in card.training:
             table.add_row(key.replace("_", " "), str(card.training[key]))

@@ -1,4 +1,4 @@
-"""The functional head: a logistic regression over a segment's functionals, fused with the CNN-BiLSTM.
+"""The functional head: a small network over a segment's functionals, fused with the CNN-BiLSTM.
 
 The CNN-BiLSTM reads local spectral patterns, one second at a time; the head reads the
 whole segment's prosody and voice quality (:mod:`sercli.prosody`). Their log-probabilities
@@ -27,8 +27,17 @@ PRIOR_SEGMENTS = 20
 20 beat 5 by 1-3 points when a group is one clip or several speakers, and tied per speaker)."""
 
 REGULARIZATION = 0.03
-"""Inverse L2 strength ``C`` of the logistic regression (0.03 beat 0.3 by 1-3 points but for a folder of
+"""Inverse L2 strength ``C`` of a head without hidden layers, a logistic regression (0.03 beat 0.3 by 1-3 points but for a folder of
 several speakers)."""
+
+HIDDEN_UNITS = (128, 64)
+"""Units of the head's hidden layers (5-fold, RAVDESS + nEMO, head alone: see docs/training.md)."""
+
+HIDDEN_PENALTY = 3.0
+"""L2 penalty (scikit-learn's ``alpha``) of a head with hidden layers."""
+
+HIDDEN_EPOCHS = 300
+"""At most this many passes of Adam over the training segments (it stops earlier once the loss settles)."""
 
 HEAD_WEIGHT = 1.0
 """Weight of the head's log-probabilities against the CNN's (1.0 beat 0.5 and 2.0 on the 2-fold comparison)."""
@@ -36,22 +45,39 @@ HEAD_WEIGHT = 1.0
 
 @dataclass(frozen=True)
 class FunctionalHead:
-    """A multinomial logistic regression over standardised functionals.
+    """A small network over standardised functionals: dense layers, ReLU between them, a softmax at the end.
+
+    One layer is a multinomial logistic regression.
 
     Attributes
     ----------
-    coef : np.ndarray, shape (n_labels, n_functionals)
-    intercept : np.ndarray, shape (n_labels,)
+    layers : tuple of (np.ndarray, np.ndarray)
+        Each layer's weights, shape (n_inputs, n_outputs), and bias, shape (n_outputs,): from
+        ``n_functionals`` inputs to ``n_labels`` outputs.
     prior : FrameStats
         The training functionals' statistics as :data:`PRIOR_SEGMENTS` pseudo-segments.
     weight : float
         Weight of its log-probabilities when fused with the CNN's (:func:`fuse`).
     """
 
-    coef: np.ndarray
-    intercept: np.ndarray
+    layers: tuple[tuple[np.ndarray, np.ndarray], ...]
     prior: FrameStats
     weight: float = HEAD_WEIGHT
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(n_functionals, n_labels)``: what it reads and what it scores."""
+        return self.layers[0][0].shape[0], self.layers[-1][0].shape[1]
+
+    @property
+    def hidden(self) -> tuple[int, ...]:
+        """Units of each hidden layer; ``()`` for a logistic regression."""
+        return tuple(weights.shape[1] for weights, _ in self.layers[:-1])
+
+    @property
+    def architecture(self) -> str:
+        """Its shape in words: ``"hidden layers of 128, 64 units"`` or ``"linear"``."""
+        return f"hidden layers of {', '.join(map(str, self.hidden))} units" if self.hidden else "linear"
 
     def log_probabilities(self, functionals: np.ndarray, group: FrameStats) -> np.ndarray:
         """Log-probabilities of segments standardised over ``group`` (their group's statistics, without
@@ -67,27 +93,38 @@ class FunctionalHead:
         np.ndarray, shape (n_segments, n_labels)
         """
         stats = group + self.prior
-        logits = ((np.asarray(functionals, dtype=np.float64) - stats.mean) / stats.std) @ self.coef.T + self.intercept
+        x = (np.asarray(functionals, dtype=np.float64) - stats.mean) / stats.std
+        for weights, bias in self.layers[:-1]:
+            x = np.maximum(x @ weights + bias, 0.0)
+        weights, bias = self.layers[-1]
+        logits = x @ weights + bias
         return logits - _logsumexp(logits)
 
     def to_dict(self) -> dict:
         """The head as a card's ``functional_head`` (JSON-ready)."""
         return {
-            "coef": self.coef.tolist(),
-            "intercept": self.intercept.tolist(),
+            "layers": [{"weights": weights.tolist(), "bias": bias.tolist()} for weights, bias in self.layers],
             "prior": {"segments": self.prior.count, "mean": self.prior.mean.tolist(), "std": self.prior.std.tolist()},
             "weight": self.weight,
         }
 
     @classmethod
     def from_dict(cls, fields: dict) -> FunctionalHead:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict`; also reads the logistic regression (``coef``, shape (n_labels,
+        n_functionals), and ``intercept``) of the cards written before heads had hidden layers."""
+        if "layers" in fields:
+            layers = [(layer["weights"], layer["bias"]) for layer in fields["layers"]]
+        else:
+            layers = [(np.asarray(fields["coef"], dtype=np.float64).T, fields["intercept"])]
+        layers = tuple((np.asarray(w, dtype=np.float64), np.asarray(b, dtype=np.float64)) for w, b in layers)
+        if not layers or any(
+            w.ndim != 2 or b.shape != (w.shape[1],) or (i and w.shape[0] != layers[i - 1][0].shape[1])
+            for i, (w, b) in enumerate(layers)
+        ):
+            raise ValueError("its layers' shapes do not chain")
         prior = fields["prior"]
         return cls(
-            np.asarray(fields["coef"], dtype=np.float64),
-            np.asarray(fields["intercept"], dtype=np.float64),
-            FrameStats.of_moments(prior["mean"], prior["std"], prior["segments"]),
-            float(fields["weight"]),
+            layers, FrameStats.of_moments(prior["mean"], prior["std"], prior["segments"]), float(fields["weight"])
         )
 
 
@@ -139,7 +176,7 @@ def group_standardized(functionals: np.ndarray, groups: np.ndarray, prior: Frame
 
 def head_log_probabilities(head: FunctionalHead, functionals: np.ndarray, groups: np.ndarray) -> np.ndarray:
     """:meth:`FunctionalHead.log_probabilities` of every row, each standardised over its group in ``groups``."""
-    out = np.empty((len(functionals), len(head.intercept)))
+    out = np.empty((len(functionals), head.shape[1]))
     for group in np.unique(groups):
         members = groups == group
         out[members] = head.log_probabilities(functionals[members], FrameStats.of(functionals[members]))
@@ -147,7 +184,12 @@ def head_log_probabilities(head: FunctionalHead, functionals: np.ndarray, groups
 
 
 def fit_head(
-    functionals: Sequence[np.ndarray], labels: np.ndarray, groups: np.ndarray, n_labels: int, weights: np.ndarray
+    functionals: Sequence[np.ndarray],
+    labels: np.ndarray,
+    groups: np.ndarray,
+    n_labels: int,
+    weights: np.ndarray,
+    hidden: tuple[int, ...] = HIDDEN_UNITS,
 ) -> FunctionalHead:
     """Fit a head on training segments, clean and as each degraded copy, as the network is trained.
 
@@ -176,13 +218,15 @@ def fit_head(
         The model's number of labels; a label with no training row is never predicted.
     weights : np.ndarray, shape (n,)
         Each segment's weight in the loss (the same in every copy).
+    hidden : tuple of int
+        Units of each hidden layer (ReLU, L2 penalty :data:`HIDDEN_PENALTY`, Adam for :data:`HIDDEN_EPOCHS`
+        epochs, seeded); ``()``: a logistic regression (L2, ``C`` :data:`REGULARIZATION`), the head until
+        2026-12-07.
 
     Returns
     -------
     FunctionalHead
     """
-    from sklearn.linear_model import LogisticRegression
-
     rows = np.concatenate(functionals).astype(np.float64)
     group_ids = np.unique(groups, return_inverse=True)[1]
     within_copy = np.concatenate([group_ids + k * len(group_ids) for k in range(len(functionals))])
@@ -191,13 +235,23 @@ def fit_head(
     x = np.concatenate(
         [group_standardized(rows, within_copy, prior), group_standardized(rows, np.arange(len(rows)), prior)]
     )
-    regression = LogisticRegression(C=REGULARIZATION, max_iter=3000)
-    regression.fit(x, np.tile(labels, 2 * len(functionals)), sample_weight=np.tile(weights, 2 * len(functionals)))
-    coef = np.zeros((n_labels, x.shape[1]))
-    intercept = np.full(n_labels, -30.0)  # labels never seen in training
-    if len(regression.classes_) == 2:  # sklearn gives one row for two classes: logit of the second
-        coef[regression.classes_[1]], intercept[regression.classes_[1]] = regression.coef_[0], regression.intercept_[0]
-        intercept[regression.classes_[0]] = 0.0
+    y, sample_weight = np.tile(labels, 2 * len(functionals)), np.tile(weights, 2 * len(functionals))
+    if hidden:
+        from sklearn.neural_network import MLPClassifier
+
+        model = MLPClassifier(hidden, alpha=HIDDEN_PENALTY, max_iter=HIDDEN_EPOCHS, random_state=0)
+        model.fit(x, y, sample_weight=sample_weight)
+        layers = list(zip(model.coefs_, model.intercepts_))
     else:
-        coef[regression.classes_], intercept[regression.classes_] = regression.coef_, regression.intercept_
-    return FunctionalHead(coef, intercept, prior)
+        from sklearn.linear_model import LogisticRegression
+
+        model = LogisticRegression(C=REGULARIZATION, max_iter=3000).fit(x, y, sample_weight=sample_weight)
+        layers = [(model.coef_.T, model.intercept_)]
+    classes = model.classes_
+    weights_out, bias_out = layers[-1]
+    last = (np.zeros((weights_out.shape[0], n_labels)), np.full(n_labels, -30.0))  # -30: labels never seen
+    if len(classes) == 2:  # sklearn gives one output for two classes: the logit of the second
+        last[0][:, classes[1]], last[1][classes[1]], last[1][classes[0]] = weights_out[:, 0], bias_out[0], 0.0
+    else:
+        last[0][:, classes], last[1][classes] = weights_out, bias_out
+    return FunctionalHead(tuple(layers[:-1]) + (last,), prior)

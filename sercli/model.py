@@ -157,10 +157,10 @@ class ModelCard:
             head = card.head
         except (KeyError, TypeError, ValueError) as error:
             raise ModelError(f"model card {path} functional_head is invalid: {error}") from None
-        if head is not None and head.coef.shape != (len(labels), n_functionals(config.n_mfcc)):
+        if head is not None and head.shape != (n_functionals(config.n_mfcc), len(labels)):
             raise ModelError(
-                f"model card {path} functional_head has shape {head.coef.shape}, "
-                f"not {(len(labels), n_functionals(config.n_mfcc))} (labels x functionals)"
+                f"model card {path} functional_head reads {head.shape[0]} functionals into {head.shape[1]} labels, "
+                f"not {n_functionals(config.n_mfcc)} into {len(labels)}"
             )
         return card
 

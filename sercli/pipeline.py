@@ -408,7 +408,7 @@ class _HeldWindows:
 
     def _empty(self) -> None:
         self.stats = FrameStats.empty(len(self.prior.total))
-        self.functional_stats = None if self.head is None else FrameStats.empty(self.head.coef.shape[1])
+        self.functional_stats = None if self.head is None else FrameStats.empty(self.head.shape[0])
         self.parts: list[tuple[_Recording, int, np.ndarray | None, np.ndarray | None]] = []
         self.held_bytes, self.spill = 0, None
 

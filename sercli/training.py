@@ -797,7 +797,7 @@ def train_model(
         output.stem, features, vad, config, train[0], validation, data, data_digest(clips), prior, base
     )
     card.functional_head = head.to_dict()
-    card.training["functional_head"] = head_provenance(train)
+    card.training["functional_head"] = head_provenance(train, head)
     card.training["epochs_run"] = history["epochs_run"]
     card.training["best_epoch"] = history["best_epoch"]
     card.metrics = metrics
@@ -808,10 +808,10 @@ def train_model(
     return card
 
 
-def head_provenance(train: list[WindowSet]) -> str:
-    """What a card says of its functional head fitted by :func:`training_head` on ``train`` (clean, then copies)."""
+def head_provenance(train: list[WindowSet], head: FunctionalHead) -> str:
+    """What a card says of ``head``, fitted by :func:`training_head` on ``train`` (clean, then copies)."""
     return (
-        f"fitted on {len(train[0].clips)} training clips, clean and as {len(train) - 1} degraded copies, "
+        f"{head.architecture}, fitted on {len(train[0].clips)} training clips, clean and as {len(train) - 1} degraded copies, "
         "every corpus and every class within it weighing alike"
     )
 

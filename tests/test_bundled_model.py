@@ -22,7 +22,7 @@ def test_bundled_model_is_shipped_with_a_complete_card():
     prior = card.prior  # the training speech's statistics, added to every group's
     assert prior.count > 0 and prior.mean.shape == (40,) and (prior.std > 0).all()
     head = card.head  # fused with the network by annotate
-    assert head is not None and head.coef.shape == (len(EMOTIONS), n_functionals(40))
+    assert head is not None and head.shape == (n_functionals(40), len(EMOTIONS))
     assert "degraded copies" in card.training["functional_head"]
     robustness = card.metrics["robustness_5fold"]  # of fold models of the bundled model's own recipe and features
     systems = robustness["unweighted_accuracy"]

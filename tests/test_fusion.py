@@ -1,3 +1,4 @@
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -14,32 +15,66 @@ from sercli.fusion import (
 from sercli.normalization import FrameStats
 
 
-def random_head(n_labels: int = 4, n_functionals: int = 6, seed: int = 0, weight: float = 1.0) -> FunctionalHead:
+def random_head(
+    n_labels: int = 4, n_functionals: int = 6, seed: int = 0, weight: float = 1.0, hidden: tuple[int, ...] = ()
+) -> FunctionalHead:
     rng = np.random.default_rng(seed)
     prior = FrameStats.of_moments(rng.normal(size=n_functionals), rng.uniform(1, 2, n_functionals), PRIOR_SEGMENTS)
-    return FunctionalHead(rng.normal(size=(n_labels, n_functionals)), rng.normal(size=n_labels), prior, weight)
+    sizes = [n_functionals, *hidden, n_labels]
+    layers = tuple((rng.normal(size=(a, b)), rng.normal(size=b)) for a, b in itertools.pairwise(sizes))
+    return FunctionalHead(layers, prior, weight)
 
 
-def test_head_log_probabilities_are_a_softmax_of_standardised_inputs():
+def test_a_linear_head_is_a_softmax_of_standardised_inputs():
     head = random_head()
     values = np.random.default_rng(1).normal(size=(5, 6))
     group = FrameStats.of(values)
     scores = head.log_probabilities(values, group)
     assert np.allclose(np.exp(scores).sum(axis=1), 1.0)
     stats = group + head.prior
-    logits = ((values - stats.mean) / stats.std) @ head.coef.T + head.intercept
+    ((weights, bias),) = head.layers
+    logits = ((values - stats.mean) / stats.std) @ weights + bias
     expected = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     assert np.allclose(np.exp(scores), expected)
+    assert head.shape == (6, 4) and head.hidden == () and head.architecture == "linear"
 
 
-def test_head_round_trips_through_its_card_fields():
+def test_hidden_layers_are_rectified():
+    head = random_head(hidden=(5, 3))
+    values = np.random.default_rng(1).normal(size=(4, 6))
+    group = FrameStats.of(values)
+    stats = group + head.prior
+    x = (values - stats.mean) / stats.std
+    for weights, bias in head.layers[:-1]:
+        x = np.maximum(x @ weights + bias, 0)
+    logits = x @ head.layers[-1][0] + head.layers[-1][1]
+    expected = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    assert np.allclose(head.log_probabilities(values, group), expected)
+    assert head.shape == (6, 4) and head.architecture == "hidden layers of 5, 3 units"
+
+
+@pytest.mark.parametrize("hidden", [(), (5, 3)])
+def test_head_round_trips_through_its_card_fields(hidden):
     import json
 
-    head = random_head(weight=0.7)
+    head = random_head(weight=0.7, hidden=hidden)
     again = FunctionalHead.from_dict(json.loads(json.dumps(head.to_dict())))
-    assert np.allclose(again.coef, head.coef) and np.allclose(again.intercept, head.intercept)
+    assert len(again.layers) == len(head.layers)
+    assert all(np.allclose(a, b) for layer, other in zip(again.layers, head.layers) for a, b in zip(layer, other))
     assert again.prior.count == PRIOR_SEGMENTS and np.allclose(again.prior.mean, head.prior.mean)
     assert np.allclose(again.prior.std, head.prior.std) and again.weight == 0.7
+
+
+def test_a_card_written_with_a_logistic_regression_head_still_reads():
+    head = random_head()
+    ((weights, bias),) = head.layers
+    fields = head.to_dict()
+    del fields["layers"]
+    fields |= {"coef": weights.T.tolist(), "intercept": bias.tolist()}  # as cards were written before hidden layers
+    values = np.random.default_rng(3).normal(size=(4, 6))
+    group = FrameStats.of(values)
+    again = FunctionalHead.from_dict(fields)
+    assert np.allclose(again.log_probabilities(values, group), head.log_probabilities(values, group))
 
 
 def test_fuse_is_a_product_of_experts():
@@ -96,8 +131,23 @@ def test_fit_head_learns_classes_through_speaker_shifts():
     assert np.mean(predicted == y[test]) > 0.7  # chance 1/3
     pooled = head_log_probabilities(head, x[test], np.zeros(test.sum())).argmax(axis=1)
     assert np.mean(predicted == y[test]) > np.mean(pooled == y[test]) + 0.1  # speakers told apart help
-    assert head.coef.shape == (4, 5)
+    assert head.shape == (5, 4) and head.hidden == (128, 64)
     assert np.exp(head_log_probabilities(head, x[test], groups[test]))[:, 3].max() < 1e-6  # never trained on
+
+
+def test_a_head_with_hidden_layers_learns_what_functionals_mean_together():
+    # the label is whether two functionals move the same way: no weighted sum of them tells it
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(640, 4))
+    y = (x[:, 0] * x[:, 1] > 0).astype(int)
+    groups = np.arange(len(x)) // 80
+    train, test = groups < 6, groups >= 6
+
+    def accuracy(hidden):
+        head = fit_head([x[train]], y[train], groups[train], 2, np.ones(train.sum()), hidden=hidden)
+        return np.mean(head_log_probabilities(head, x[test], groups[test]).argmax(axis=1) == y[test])
+
+    assert accuracy((16,)) > 0.8 and accuracy(()) < 0.65
 
 
 def test_fit_head_with_two_labels_scores_both():
@@ -117,10 +167,10 @@ def test_fit_head_on_degraded_copies_leans_on_what_survives_them():
     noisy[:, 0] = rng.normal(20, 3, len(y))
     train, test = groups < 5, groups >= 5
     ones = np.ones(train.sum())
-    clean_only = fit_head([x[train]], y[train], groups[train], 2, ones)
-    with_copies = fit_head([x[train], noisy[train]], y[train], groups[train], 2, ones)
-    assert abs(with_copies.coef[1, 0]) < abs(clean_only.coef[1, 0])
-    assert abs(with_copies.coef[1, 1]) > abs(clean_only.coef[1, 1])
+    clean_only = fit_head([x[train]], y[train], groups[train], 2, ones, hidden=())
+    with_copies = fit_head([x[train], noisy[train]], y[train], groups[train], 2, ones, hidden=())
+    clean_weights, copies_weights = clean_only.layers[0][0][:, 1], with_copies.layers[0][0][:, 1]  # of label 1
+    assert abs(copies_weights[0]) < abs(clean_weights[0]) and abs(copies_weights[1]) > abs(clean_weights[1])
 
     def accuracy(head, values, groups):
         return np.mean(head_log_probabilities(head, values[test], groups).argmax(axis=1) == y[test])
@@ -132,7 +182,7 @@ def test_fit_head_on_degraded_copies_leans_on_what_survives_them():
 
 def test_fit_head_weighs_a_small_corpus_as_much_as_a_large_one():
     # functional 0 tells the classes apart with opposite signs in the two corpora; functional 1, weakly, in
-    # the small one only. Weighted per corpus, functional 0 cancels out and the small corpus is labelled
+    # the small one only (a head with hidden layers could learn both corpora from that). Weighted per corpus, functional 0 cancels out and the small corpus is labelled
     # by functional 1; weighted per clip, the large corpus's sign wins and the small one is labelled backwards.
     from sercli.datasets import LabelledClip, balanced_weights
 
@@ -146,8 +196,8 @@ def test_fit_head_weighs_a_small_corpus_as_much_as_a_large_one():
         LabelledClip(Path(f"{i}.wav"), str(label), corpus="b" if s else "a")
         for i, (label, s) in enumerate(zip(y, small))
     ]
-    by_corpus = fit_head([x], y, groups, 2, balanced_weights(clips))
-    by_clip = fit_head([x], y, groups, 2, np.ones(len(y)))
+    by_corpus = fit_head([x], y, groups, 2, balanced_weights(clips), hidden=())  # linear: the weights alone decide
+    by_clip = fit_head([x], y, groups, 2, np.ones(len(y)), hidden=())
 
     def accuracy(head):
         return np.mean(head_log_probabilities(head, x[small], groups[small]).argmax(axis=1) == y[small])
@@ -155,7 +205,15 @@ def test_fit_head_weighs_a_small_corpus_as_much_as_a_large_one():
     assert accuracy(by_clip) < 0.4 and accuracy(by_corpus) > 0.6
 
 
-@pytest.mark.parametrize("bad", [{"coef": [[1.0]]}, {"prior": {}}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"layers": [{"weights": [[1.0]], "bias": [0.0]}]},  # one functional, one label
+        {"layers": [{"weights": [[1.0, 2.0]], "bias": [0.0]}]},  # a bias that does not fit its weights
+        {"layers": []},
+        {"prior": {}},
+    ],
+)
 def test_a_card_with_a_broken_head_is_refused(tmp_path, bad):
     import json
 
@@ -194,7 +252,7 @@ def test_evaluation_fuses_as_annotate_does(utterances, headed_model, tmp_path):
     config = classifier.card.feature_config
     data = extract_features(clips, config, VadConfig()).windows(config.window_frames, config.window_hop_frames,
                                                                 classifier.card.labels)  # fmt: skip
-    assert data.functionals.shape == (3, classifier.card.head.coef.shape[1])
+    assert data.functionals.shape == (3, classifier.card.head.shape[0])
     for mode in ("recording", "folder"):
         rows = [o.rows for o in annotate_files([c.path for c in clips], classifier, VadConfig(), normalization=mode)]
         assert all(len(r) == 1 for r in rows)  # one segment a clip: evaluation and annotation see the same

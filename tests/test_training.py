@@ -88,9 +88,10 @@ def test_train_cross_validates_by_actor_and_writes_model_and_card(ravdess, tmp_p
     assert not list(tmp_path.glob("*.cv.json"))  # the fold checkpoint is removed once the model is saved
     assert card.normalization == "speaker" and card.training["hyperparameters"]["variants"] == 4
     # the functional head is fitted on the training clips and fused in the cross-validation's figures
-    assert card.head is not None and card.head.coef.shape == (8, n_functionals(card.feature_config.n_mfcc))
+    assert card.head is not None and card.head.shape == (n_functionals(card.feature_config.n_mfcc), 8)
     assert card.training["functional_head"] == (
-        "fitted on 32 training clips, clean and as 4 degraded copies, every corpus and every class within it weighing alike"
+        "hidden layers of 128, 64 units, fitted on 32 training clips, clean and as 4 degraded copies, "
+        "every corpus and every class within it weighing alike"
     )
     assert 0 <= pooled["network_only_ua"] <= 1 and card.training["hyperparameters"]["ema_momentum"] == 0.99
     # the fold models stay for the robustness benchmark, which scores them beside the openSMILE baseline

@@ -1,21 +1,24 @@
-"""The functional head alone, fitted on one corpus or on several weighed in different ways: clip-level UA on
-speakers it never heard, per corpus.
+"""The functional head alone, fitted on one corpus or on several weighed in different ways, linear or with
+hidden layers: clip-level UA on speakers it never heard, per corpus.
 
-    python benchmarks/head_weighting.py ../shared/ravdess ../shared/nemo --folds 5
-    python benchmarks/head_weighting.py ../shared/ravdess ../shared/nemo --folds 5 \
+    python benchmarks/head_options.py ../shared/ravdess ../shared/nemo --folds 5
+    python benchmarks/head_options.py ../shared/ravdess ../shared/nemo --folds 5 \
         --cnn "RAVDESS + nEMO=runs/speaker-multi-ema-hop25-seed0-nemo-5fold.cv" \
         --cnn "RAVDESS=runs/speaker-multi-ema-hop25-seed0-5fold.cv"
 
 The folds and training speakers are those of ``benchmarks/training_options.py`` with the same corpora
 (:func:`sercli.datasets.fold_split`: each fold's validation speakers left out, as
 :func:`sercli.training.cross_validate` leaves them out of the head), the clips clean and as the recipe's
-degraded copies, each test speaker's clips one group. Weightings:
+degraded copies, each test speaker's clips one group. Heads (``--head NAME``, repeated; default all), each a
+weighting and a shape:
 
 - ``first corpus``: the first corpus's training speakers only, classes alike;
 - ``per class``: every corpus, classes alike over all of them (larger corpora weigh more);
 - ``per corpus``: every corpus, corpora alike and classes alike within each (:func:`sercli.datasets.balanced_weights`,
   what ``sercli train`` fits the head with, as it weighs the network's loss);
-- ``per class, then corpus``: classes alike over all corpora, and within a class the corpora that have it alike.
+- ``per class, then corpus``: classes alike over all corpora, and within a class the corpora that have it alike;
+- ``linear``: a logistic regression (``hidden=()``); ``hidden``: :data:`sercli.fusion.HIDDEN_UNITS`, what
+  ``sercli train`` fits.
 
 With ``--cnn NAME=FOLDER`` (cross-validation fold models of ``training_options.py`` on the same folds), each
 head is also fused with each fold's network (its test clips standardised per speaker), on the folds that
@@ -42,7 +45,7 @@ from sercli.datasets import (
 )
 from sercli.evaluation import cached_features, classification_metrics, clip_probabilities, standardize_groups
 from sercli.features import FeatureConfig
-from sercli.fusion import fit_head, fuse, head_log_probabilities
+from sercli.fusion import HIDDEN_UNITS, fit_head, fuse, head_log_probabilities
 from sercli.training import TrainConfig, degraded_variants
 from sercli.vad import VadConfig
 
@@ -67,6 +70,11 @@ WEIGHTINGS = {
     "per corpus": balanced_weights,
     "per class, then corpus": class_then_corpus_weights,
 }
+HEADS = {
+    f"{weighting}, {shape}": (weighting, hidden)
+    for shape, hidden in [("linear", ()), ("hidden", HIDDEN_UNITS)]
+    for weighting in WEIGHTINGS
+}
 
 
 def main() -> None:
@@ -75,7 +83,9 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--cache", type=Path, default=Path("runs/cache"))
     parser.add_argument("--cnn", action="append", default=[], metavar="NAME=FOLDER", help="fold models to fuse with")
+    parser.add_argument("--head", action="append", choices=list(HEADS), help="the heads to fit (default: all)")
     args = parser.parse_args()
+    heads = {name: HEADS[name] for name in args.head or HEADS}
     networks = dict(spec.split("=", 1) for spec in args.cnn)
     features, vad, config = FeatureConfig(), VadConfig(), TrainConfig()
     clips = [clip for corpus in args.corpora for clip in find_clips(corpus)]
@@ -91,8 +101,8 @@ def main() -> None:
     by_corpus = corpus_speakers(clean.clips)
     first = set(next(iter(by_corpus.values())))
     true, corpora = [], []
-    predicted = {name: [] for name in WEIGHTINGS}  # head alone; then (network, None): network alone; fused
-    predicted |= {(network, name): [] for network in networks for name in [None, *WEIGHTINGS]}
+    predicted = {name: [] for name in heads}  # head alone; then (network, None): network alone; fused
+    predicted |= {(network, name): [] for network in networks for name in [None, *heads]}
     for k, test_speakers in enumerate(folds[:tested]):
         trained, _ = fold_split(clean.clips, test_speakers)
         test = data.for_speakers(test_speakers)
@@ -104,15 +114,16 @@ def main() -> None:
             x = standardize_groups(test.windows, test.clip_index, test.clip_stats, groups, priors[k])
             outputs[network] = clip_probabilities(predictors[k](x), test)
             predicted[network, None].append(outputs[network].argmax(axis=1))
-        for name, weighting in WEIGHTINGS.items():
-            speakers = [s for s in trained if name != "first corpus" or s in first]
+        for name, (weighting, hidden) in heads.items():
+            speakers = [s for s in trained if weighting != "first corpus" or s in first]
             train = [t.for_speakers(speakers) for t in training]
             head = fit_head(
                 [t.functionals for t in train],
                 train[0].clip_labels,
                 clip_groups(train[0].clips),
                 len(train[0].labels),
-                weighting(train[0].clips),
+                WEIGHTINGS[weighting](train[0].clips),
+                hidden,
             )
             scores = head_log_probabilities(head, test.functionals, groups)
             predicted[name].append(scores.argmax(axis=1))
