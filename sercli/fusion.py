@@ -251,11 +251,12 @@ def fit_head(
 
         model = LogisticRegression(C=REGULARIZATION, max_iter=3000).fit(x, y, sample_weight=sample_weight)
         layers = [(model.coef_.T, model.intercept_)]
+    # the last layer scores every label of the model: -30 for the labels never seen in training
+    fitted_weights, fitted_bias = layers[-1]
+    weights_out, bias_out = np.zeros((fitted_weights.shape[0], n_labels)), np.full(n_labels, -30.0)
     classes = model.classes_
-    weights_out, bias_out = layers[-1]
-    last = (np.zeros((weights_out.shape[0], n_labels)), np.full(n_labels, -30.0))  # -30: labels never seen
     if len(classes) == 2:  # sklearn gives one output for two classes: the logit of the second
-        last[0][:, classes[1]], last[1][classes[1]], last[1][classes[0]] = weights_out[:, 0], bias_out[0], 0.0
+        weights_out[:, classes[1]], bias_out[classes[1]], bias_out[classes[0]] = fitted_weights[:, 0], fitted_bias[0], 0
     else:
-        last[0][:, classes], last[1][classes] = weights_out, bias_out
-    return FunctionalHead(tuple(layers[:-1]) + (last,), prior)
+        weights_out[:, classes], bias_out[classes] = fitted_weights, fitted_bias
+    return FunctionalHead((*layers[:-1], (weights_out, bias_out)), prior)
