@@ -26,7 +26,7 @@ from robustness import keras_predictors
 
 from sercli.datasets import clip_groups, corpus_folds, find_clips, natural_key
 from sercli.evaluation import cached_features, classification_metrics, clip_probabilities, standardize_groups
-from sercli.fusion import fuse, head_log_probabilities
+from sercli.fusion import head_log_probabilities
 from sercli.training import TrainConfig, degraded_variants, training_head
 from sercli.vad import VadConfig
 
@@ -95,7 +95,7 @@ def main() -> None:
                 probabilities = clip_probabilities(predictors[k](x), test)
                 if args.head:
                     scores = head_log_probabilities(heads[k], test.functionals, groups)
-                    probabilities = fuse(probabilities, scores, heads[k].weight)
+                    probabilities = heads[k].fused(probabilities, scores)
                 predicted.append(probabilities.argmax(axis=1))
                 true.append(test.clip_labels)
                 corpus += [clip.corpus for clip in test.clips]

@@ -45,7 +45,7 @@ from sercli.datasets import (
 )
 from sercli.evaluation import cached_features, classification_metrics, clip_probabilities, standardize_groups
 from sercli.features import FeatureConfig
-from sercli.fusion import HIDDEN_UNITS, fit_head, fuse, head_log_probabilities
+from sercli.fusion import HIDDEN_UNITS, fit_head, head_log_probabilities
 from sercli.training import TrainConfig, degraded_variants
 from sercli.vad import VadConfig
 
@@ -128,7 +128,7 @@ def main() -> None:
             scores = head_log_probabilities(head, test.functionals, groups)
             predicted[name].append(scores.argmax(axis=1))
             for network, probabilities in outputs.items():
-                predicted[network, name].append(fuse(probabilities, scores, head.weight).argmax(axis=1))
+                predicted[network, name].append(head.fused(probabilities, scores).argmax(axis=1))
     true, corpora = np.concatenate(true), np.array(corpora)
     names = list(by_corpus)
     print(f"\n{args.folds}-fold, folds 1-{tested}, clean test clips per speaker, clip-level UA\n")

@@ -25,7 +25,6 @@ from sercli.augment import CONDITIONS
 from sercli.datasets import find_clips, speaker_folds
 from sercli.features import FeatureConfig
 from sercli.model import ModelCard
-from sercli.normalization import FrameStats
 from sercli.robustness import CnnFolds, OpenSmileBaseline, card_entry, format_table, robustness_table
 from sercli.vad import VadConfig
 
@@ -37,14 +36,10 @@ def keras_predictors(folder: Path, folds: int) -> tuple[list, list, FeatureConfi
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
-    from sercli.training import fold_features  # TensorFlow, as keras: not at the top (see main)
+    from sercli.training import fold_features, read_prior  # TensorFlow, as keras: not at the top (see main)
 
     models = [keras.models.load_model(folder / f"fold-{k}.keras", compile=False) for k in range(folds)]
-    priors = []
-    for k in range(folds):
-        path = folder / f"fold-{k}.prior.json"
-        fields = json.loads(path.read_text()) if path.exists() else {}
-        priors.append(FrameStats.of_moments(fields["mean"], fields["std"], fields["frames"]) if fields else None)
+    priors = [read_prior(folder / f"fold-{k}.prior.json") for k in range(folds)]
     features = fold_features(folder)
     return [lambda w, m=m: m.predict(w[..., None], batch_size=256, verbose=0) for m in models], priors, features
 

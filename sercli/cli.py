@@ -637,6 +637,14 @@ def models(model: ModelOption = None) -> None:
         table.add_row(
             "functional head", f"{head.shape[0]} functionals of each segment (sercli.prosody), {head.architecture}"
         )
+        calibration = card.training.get("calibration")
+        table.add_row(
+            "confidence",
+            f"temperature {head.temperature:.2f}, fitted on {calibration['clips']} clips of {calibration['fitted_on']}: "
+            f"calibration error {calibration['calibration_error'][0]:.3f} -> {calibration['calibration_error'][1]:.3f}"
+            if calibration
+            else "not calibrated",
+        )
     for key in ("data", "training_speakers", "training_actors", "validation_speakers", "validation_actors", "clips"):
         if key in card.training:
             table.add_row(key.replace("_", " "), str(card.training[key]))
@@ -673,6 +681,8 @@ def _print_metrics(metrics: dict, out: Console = console) -> None:
         elif figures.get("ua_ci95_resampled"):
             title += f" ({figures['ua_ci95_resampled']})"
         title += f", accuracy {figures['accuracy']:.3f}, {figures['n']} clips"
+        if "calibration_error" in figures:
+            title += f", mean confidence {figures['mean_confidence']:.3f} (calibration error {figures['calibration_error']:.3f})"
         if "folds" in block:
             fold_ua = ", ".join(f"{fold['metrics']['unweighted_accuracy']:.3f}" for fold in block["folds"])
             title += f"; {len(block['folds'])}-fold, per fold {fold_ua}"

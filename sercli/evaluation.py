@@ -22,7 +22,7 @@ from sercli.audio import AudioError, read_audio
 from sercli.datasets import LabelledClip, check_known_labels, clip_groups, label_order, load_clips, natural_key
 from sercli.features import FeatureConfig, mfcc, mfcc_windows
 from sercli.files import path_text, recording_key
-from sercli.fusion import FunctionalHead, fuse, head_log_probabilities
+from sercli.fusion import FunctionalHead, calibration_error, head_log_probabilities
 from sercli.groups import SpeakerOf, plan_groups
 from sercli.normalization import FrameStats
 from sercli.prosody import functional_names, segment_functionals
@@ -397,7 +397,7 @@ def predict_clips(
         scores = head_log_probabilities(
             head, data.functionals, normalization_groups(data.clips, normalization, speaker_of)
         )
-    return fuse(probabilities, scores, head.weight)
+    return head.fused(probabilities, scores)
 
 
 def evaluate_windows(
@@ -505,15 +505,20 @@ def evaluate_clips(
     ``by_speaker``, the metrics of each speaker's clips (``by_speaker``: speaker -> metrics).
 
     ``rows``, when given, are the labelled rows scored, ``data`` holding their :func:`unique_clips`:
-    each row counts with its own label and its clip's prediction."""
+    each row counts with its own label and its clip's prediction. ``mean_confidence`` and
+    ``calibration_error`` (:func:`sercli.fusion.calibration_error`) say how far the confidence
+    column can be trusted as a probability of being right."""
     probabilities = predict_clips(predict, data, normalization, prior, speaker_of, head)
-    true, predicted = data.clip_labels, probabilities.argmax(axis=1)
+    true = data.clip_labels
     if rows is not None:
         position = {clip_key(clip): i for i, clip in enumerate(data.clips)}
-        predicted = predicted[[position[clip_key(row)] for row in rows]]
+        probabilities = probabilities[[position[clip_key(row)] for row in rows]]
         true = np.array([data.labels.index(row.label) for row in rows])
+    predicted = probabilities.argmax(axis=1)
     rows = data.clips if rows is None else rows
     metrics = metrics_with_interval(true, predicted, rows, data.labels, seed)
+    metrics["mean_confidence"] = float(probabilities.max(axis=1).mean())
+    metrics["calibration_error"] = calibration_error(probabilities, true)
     if by_speaker:
         of = clip_groups(rows)
         metrics["by_speaker"] = {

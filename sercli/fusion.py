@@ -46,6 +46,9 @@ HIDDEN_EPOCHS = 300
 HEAD_WEIGHT = 1.0
 """Weight of the head's log-probabilities against the CNN's (1.0 beat 0.5 and 2.0 on the 2-fold comparison)."""
 
+TEMPERATURES = (0.25, 10.0)
+"""The range :func:`fit_temperature` searches."""
+
 
 @dataclass(frozen=True)
 class FunctionalHead:
@@ -62,11 +65,15 @@ class FunctionalHead:
         The training functionals' statistics as :data:`PRIOR_SEGMENTS` pseudo-segments.
     weight : float
         Weight of its log-probabilities when fused with the CNN's (:func:`fuse`).
+    temperature : float
+        What the fused log-probabilities are divided by, so that a segment's confidence is how often such
+        a label is right on speakers neither model heard (:func:`fit_temperature`); 1 for uncalibrated.
     """
 
     layers: tuple[tuple[np.ndarray, np.ndarray], ...]
     prior: FrameStats
     weight: float = HEAD_WEIGHT
+    temperature: float = 1.0
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -104,18 +111,25 @@ class FunctionalHead:
         logits = x @ weights + bias
         return logits - _logsumexp(logits)
 
+    def fused(self, cnn_probabilities: np.ndarray, log_probabilities: np.ndarray) -> np.ndarray:
+        """:func:`fuse` with this head's weight and temperature: the segments' probabilities, shape
+        (n, n_labels), from the CNN's and this head's (:meth:`log_probabilities`)."""
+        return fuse(cnn_probabilities, log_probabilities, self.weight, self.temperature)
+
     def to_dict(self) -> dict:
         """The head as a card's ``functional_head`` (JSON-ready)."""
         return {
             "layers": [{"weights": weights.tolist(), "bias": bias.tolist()} for weights, bias in self.layers],
             "prior": {"segments": self.prior.count, "mean": self.prior.mean.tolist(), "std": self.prior.std.tolist()},
             "weight": self.weight,
+            "temperature": self.temperature,
         }
 
     @classmethod
     def from_dict(cls, fields: dict) -> FunctionalHead:
         """Inverse of :meth:`to_dict`; also reads the logistic regression (``coef``, shape (n_labels,
-        n_functionals), and ``intercept``) of the cards written before heads had hidden layers."""
+        n_functionals), and ``intercept``) of the cards written before heads had hidden layers, and a
+        temperature of 1 from cards written before calibration."""
         if "layers" in fields:
             layers = [(layer["weights"], layer["bias"]) for layer in fields["layers"]]
         else:
@@ -127,8 +141,14 @@ class FunctionalHead:
         ):
             raise ValueError("its layers' shapes do not chain")
         prior = fields["prior"]
+        temperature = float(fields.get("temperature", 1.0))
+        if not temperature > 0:
+            raise ValueError(f"its temperature {temperature} is not positive")
         return cls(
-            layers, FrameStats.of_moments(prior["mean"], prior["std"], prior["segments"]), float(fields["weight"])
+            layers,
+            FrameStats.of_moments(prior["mean"], prior["std"], prior["segments"]),
+            float(fields["weight"]),
+            temperature,
         )
 
 
@@ -137,8 +157,10 @@ def _logsumexp(logits: np.ndarray) -> np.ndarray:
     return top + np.log(np.exp(logits - top).sum(axis=1, keepdims=True))
 
 
-def fuse(cnn_probabilities: np.ndarray, head_log_probabilities: np.ndarray, weight: float) -> np.ndarray:
-    """Product of experts: ``softmax(log p_cnn + weight * log p_head)``.
+def fuse(
+    cnn_probabilities: np.ndarray, head_log_probabilities: np.ndarray, weight: float, temperature: float = 1.0
+) -> np.ndarray:
+    """Product of experts: ``softmax((log p_cnn + weight * log p_head) / temperature)``.
 
     Parameters
     ----------
@@ -146,14 +168,74 @@ def fuse(cnn_probabilities: np.ndarray, head_log_probabilities: np.ndarray, weig
         The CNN-BiLSTM's (mean window) probabilities.
     head_log_probabilities : np.ndarray, shape (n, n_labels)
     weight : float
+    temperature : float
+        Above 1 flattens the probabilities; the most probable label stays the same.
 
     Returns
     -------
     np.ndarray, shape (n, n_labels), float32
         Each row sums to 1.
     """
-    logits = np.log(np.maximum(cnn_probabilities, 1e-9)) + weight * head_log_probabilities
+    logits = (np.log(np.maximum(cnn_probabilities, 1e-9)) + weight * head_log_probabilities) / temperature
     return np.exp(logits - _logsumexp(logits)).astype(np.float32)
+
+
+def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature that makes held-out probabilities most likely (temperature scaling: Guo et al.,
+    *On calibration of modern neural networks*, ICML 2017).
+
+    The product of two experts is overconfident: on the 5-fold RAVDESS fold models, per speaker, the fused
+    output's mean confidence was 0.86 for an accuracy of 0.62 (expected calibration error 0.23); a
+    temperature fitted on the other folds brought it to 0.03 (docs/training.md).
+
+    Parameters
+    ----------
+    probabilities : np.ndarray, shape (n, n_labels)
+        Fused probabilities (temperature 1) of clips that neither model was trained on.
+    labels : np.ndarray of int, shape (n,)
+        Their true labels' indices.
+
+    Returns
+    -------
+    float
+        Within :data:`TEMPERATURES`; divide the fused log-probabilities by it (:func:`fuse`).
+    """
+    from scipy.optimize import minimize_scalar
+
+    log_p = np.log(np.maximum(np.asarray(probabilities, dtype=np.float64), 1e-9))
+    labels = np.asarray(labels)
+
+    def nll(log_t: float) -> float:
+        scaled = log_p / np.exp(log_t)
+        return float((_logsumexp(scaled)[:, 0] - scaled[np.arange(len(labels)), labels]).mean())
+
+    bounds = np.log(TEMPERATURES)
+    return float(np.exp(minimize_scalar(nll, bounds=bounds, method="bounded").x))
+
+
+def calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int = 10) -> float:
+    """Expected calibration error: the gap between confidence and accuracy, over ``bins`` equal-width bins of
+    confidence, weighted by their share of the rows.
+
+    Parameters
+    ----------
+    probabilities : np.ndarray, shape (n, n_labels)
+    labels : np.ndarray of int, shape (n,)
+
+    Returns
+    -------
+    float
+        0 when every bin's mean confidence is its accuracy.
+    """
+    confidence = np.asarray(probabilities).max(axis=1)
+    right = np.asarray(probabilities).argmax(axis=1) == np.asarray(labels)
+    which = np.minimum((confidence * bins).astype(int), bins - 1)
+    return float(
+        sum(
+            abs(confidence[which == b].mean() - right[which == b].mean()) * np.mean(which == b)
+            for b in np.unique(which)
+        )
+    )
 
 
 def group_standardized(functionals: np.ndarray, groups: np.ndarray, prior: FrameStats) -> np.ndarray:

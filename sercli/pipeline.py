@@ -22,7 +22,7 @@ from threadpoolctl import threadpool_limits
 from sercli.audio import AudioError, iter_audio, iter_signal
 from sercli.features import FeatureConfig, mfcc, mfcc_windows
 from sercli.files import path_text
-from sercli.fusion import FunctionalHead, fuse
+from sercli.fusion import FunctionalHead
 from sercli.groups import RecordingGroup, SpeakerOf, plan_groups
 from sercli.model import PREDICT_BATCH, Classifier, ModelCard, load_classifier
 from sercli.normalization import NORMALIZATIONS, FrameStats, standardize
@@ -493,7 +493,7 @@ def _annotate_in_order(
             for recording, index, count in parts:
                 pooled = pool_probabilities(probabilities[first : first + count])
                 if head is not None:
-                    pooled = fuse(pooled[None], recording.head_scores[index][None], head.weight)[0]
+                    pooled = head.fused(pooled[None], recording.head_scores[index][None])[0]
                 recording.probabilities[index] = pooled
                 first += count
 

@@ -39,7 +39,7 @@ from sercli.evaluation import (
     standardize_groups,
 )
 from sercli.features import FeatureConfig
-from sercli.fusion import FunctionalHead, fit_head, fuse, head_log_probabilities
+from sercli.fusion import FunctionalHead, fit_head, head_log_probabilities
 from sercli.normalization import FrameStats
 from sercli.vad import VadConfig
 
@@ -199,7 +199,7 @@ class CnnFolds:
             scores = head.log_probabilities(subset.functionals, FrameStats.empty(subset.functionals.shape[1]))
         else:
             scores = head_log_probabilities(head, subset.functionals, groups)
-        return fuse(probabilities, scores, head.weight).argmax(axis=1)
+        return head.fused(probabilities, scores).argmax(axis=1)
 
 
 class OpenSmileBaseline:

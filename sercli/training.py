@@ -53,7 +53,7 @@ from sercli.evaluation import (
 )
 from sercli.export import save_model
 from sercli.features import FeatureConfig
-from sercli.fusion import FunctionalHead, fit_head, fuse, head_log_probabilities
+from sercli.fusion import FunctionalHead, calibration_error, fit_head, fit_temperature, fuse, head_log_probabilities
 from sercli.model import ModelCard, ModelError, bundled_model_path, file_sha256
 from sercli.normalization import PRIOR_FRAMES, FrameStats
 from sercli.vad import VadConfig
@@ -306,10 +306,7 @@ def cross_validate(
             prior = training_prior(train[0], config, base)
             write_prior(prior, fold_model.with_suffix(".prior.json"))
             test = data.for_speakers(test_speakers)
-            network = predict_clips(lambda w, m=model: _predict(m, w), test, _eval_normalization(config), prior)
-            head = training_head(train)
-            groups = normalization_groups(test.clips, _eval_normalization(config))
-            fused = fuse(network, head_log_probabilities(head, test.functionals, groups), head.weight)
+            network, fused = held_out_probabilities(model, prior, train, test, config)
             done[str(k)] = {
                 "test_speakers": test_speakers,
                 "validation_speakers": val_speakers,
@@ -317,6 +314,7 @@ def cross_validate(
                 "true": test.clip_labels.tolist(),
                 "predicted": fused.argmax(axis=1).tolist(),
                 "predicted_network": network.argmax(axis=1).tolist(),
+                "probabilities": np.round(fused, 6).tolist(),
             }
             with atomic_output(checkpoint) as partial:
                 partial.write_text(json.dumps(done))
@@ -333,6 +331,12 @@ def cross_validate(
     network = np.concatenate([done[str(k)].get("predicted_network", []) for k in range(len(folds))]).astype(int)
     if len(network) == len(true_all):  # folds checkpointed before the head have none
         pooled["network_only_ua"] = classification_metrics(true_all, network, data.labels)["unweighted_accuracy"]
+    held_out = [done[str(k)].get("probabilities") for k in range(len(folds))]
+    calibration = (  # folds checkpointed before calibration have no probabilities
+        None
+        if None in held_out
+        else fused_calibration(np.concatenate(held_out), true_all, f"{len(folds)}-fold cross-validation")
+    )
     corpora = np.array([clip.corpus or "" for clip in clips_all])
     if len(set(corpora)) > 1:
         pooled["by_corpus"] = {
@@ -353,6 +357,69 @@ def cross_validate(
         "folds": [
             {key: done[str(k)][key] for key in ("test_speakers", "validation_speakers", "best_epoch", "metrics")}
             for k in range(len(folds))
+        ],
+    } | ({"calibration": calibration} if calibration else {})
+
+
+def held_out_probabilities(
+    model: keras.Model,
+    prior: FrameStats,
+    train: list[WindowSet],
+    test: WindowSet,
+    config: TrainConfig,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A cross-validation fold's figures: its network's clip probabilities on the test clips, alone and fused
+    with a head fitted on the fold's training clips (:func:`training_head`, at temperature 1).
+
+    Parameters
+    ----------
+    model : keras.Model
+        The fold's network.
+    prior : FrameStats
+        The fold network's prior (:func:`training_prior`).
+    train : list of WindowSet
+        The fold's training clips, clean then each degraded copy.
+    test : WindowSet
+        Its test clips, standardised over their speaker (for ``speaker`` normalisation).
+
+    Returns
+    -------
+    network, fused : np.ndarray, each of shape (n_test_clips, n_labels)
+    """
+    normalization = _eval_normalization(config)
+    network = predict_clips(lambda w: _predict(model, w), test, normalization, prior)
+    head = training_head(train)
+    groups = normalization_groups(test.clips, normalization)
+    return network, head.fused(network, head_log_probabilities(head, test.functionals, groups))
+
+
+def fused_calibration(probabilities: np.ndarray, labels: np.ndarray, source: str) -> dict:
+    """The temperature of the fused output (:func:`sercli.fusion.fit_temperature`), fitted on clips that
+    neither the network nor the head was trained on, as a card's ``training.calibration``.
+
+    Parameters
+    ----------
+    probabilities : np.ndarray, shape (n, n_labels)
+        Their fused probabilities at temperature 1.
+    labels : np.ndarray of int, shape (n,)
+    source : str
+        Where they come from, in words.
+
+    Returns
+    -------
+    dict
+        ``temperature``, ``fitted_on`` (``source``), ``clips`` and ``calibration_error``: before and after
+        (:func:`sercli.fusion.calibration_error`, on the same clips).
+    """
+    temperature = fit_temperature(probabilities, labels)
+    tempered = fuse(probabilities, np.zeros_like(probabilities), 0.0, temperature)
+    return {
+        "temperature": round(temperature, 4),
+        "fitted_on": source,
+        "clips": len(labels),
+        "calibration_error": [
+            round(calibration_error(probabilities, labels), 4),
+            round(calibration_error(tempered, labels), 4),
         ],
     }
 
@@ -417,6 +484,15 @@ def write_prior(prior: FrameStats, path: Path) -> None:
     import json
 
     path.write_text(json.dumps(prior_fields(prior)))
+
+
+def read_prior(path: Path) -> FrameStats | None:
+    """Inverse of :func:`write_prior`; ``None`` when there is no such file (fold models trained before
+    priors) or it holds no frame."""
+    import json
+
+    fields = json.loads(path.read_text()) if path.exists() else {}
+    return FrameStats.of_moments(fields["mean"], fields["std"], fields["frames"]) if fields else None
 
 
 def _eval_normalization(config: TrainConfig) -> str:
@@ -788,6 +864,12 @@ def train_model(
     normalization, prior = _eval_normalization(config), training_prior(train[0], config, base)
     head = training_head(train)
     predict = lambda w: _predict(model, w)
+    calibration = metrics.get("cross_validation", {}).get("calibration")
+    if calibration is None and held_out is not None:
+        fused = predict_clips(predict, held_out, normalization, prior, head=head)
+        calibration = fused_calibration(fused, held_out.clip_labels, "the validation speakers")
+    if calibration is not None:
+        head = replace(head, temperature=calibration["temperature"])
     if held_out is not None:
         metrics["validation"] = evaluate_clips(predict, held_out, normalization, prior=prior, head=head)
     if split is not None and split["test"]:
@@ -798,6 +880,8 @@ def train_model(
     )
     card.functional_head = head.to_dict()
     card.training["functional_head"] = head_provenance(train, head)
+    if calibration is not None:
+        card.training["calibration"] = calibration
     card.training["epochs_run"] = history["epochs_run"]
     card.training["best_epoch"] = history["best_epoch"]
     card.metrics = metrics

@@ -107,7 +107,9 @@ def headed_model(normalized_model, tmp_path_factory) -> Path:
     prior = FrameStats.of_moments(rng.normal(0, 5, n), rng.uniform(1, 10, n), 20)
     hidden = (rng.normal(0, 0.3, (n, 16)), rng.normal(0, 0.3, 16))
     head = FunctionalHead(
-        (hidden, (rng.normal(0, 0.5, (16, len(card.labels))), rng.normal(0, 1, len(card.labels)))), prior
+        (hidden, (rng.normal(0, 0.5, (16, len(card.labels))), rng.normal(0, 1, len(card.labels)))),
+        prior,
+        temperature=2.0,
     )
     card.functional_head = head.to_dict()
     card.write(card_path(path))

@@ -7,7 +7,9 @@ import pytest
 from sercli.fusion import (
     PRIOR_SEGMENTS,
     FunctionalHead,
+    calibration_error,
     fit_head,
+    fit_temperature,
     fuse,
     group_standardized,
     head_log_probabilities,
@@ -63,6 +65,9 @@ def test_head_round_trips_through_its_card_fields(hidden):
     assert all(np.allclose(a, b) for layer, other in zip(again.layers, head.layers) for a, b in zip(layer, other))
     assert again.prior.count == PRIOR_SEGMENTS and np.allclose(again.prior.mean, head.prior.mean)
     assert np.allclose(again.prior.std, head.prior.std) and again.weight == 0.7
+    assert again.temperature == 1.0
+    tempered = FunctionalHead(head.layers, head.prior, temperature=2.5)
+    assert FunctionalHead.from_dict(json.loads(json.dumps(tempered.to_dict()))).temperature == 2.5
 
 
 def test_a_card_written_with_a_logistic_regression_head_still_reads():
@@ -75,6 +80,57 @@ def test_a_card_written_with_a_logistic_regression_head_still_reads():
     group = FrameStats.of(values)
     again = FunctionalHead.from_dict(fields)
     assert np.allclose(again.log_probabilities(values, group), head.log_probabilities(values, group))
+
+
+def test_a_card_written_before_calibration_reads_at_temperature_one_and_a_bad_temperature_is_refused():
+    fields = random_head().to_dict()
+    del fields["temperature"]
+    assert FunctionalHead.from_dict(fields).temperature == 1.0
+    with pytest.raises(ValueError, match="temperature"):
+        FunctionalHead.from_dict(fields | {"temperature": 0.0})
+
+
+def test_a_temperature_flattens_the_fused_output_and_keeps_its_label():
+    rng = np.random.default_rng(4)
+    cnn = rng.dirichlet(np.ones(5), size=50)
+    scores = np.log(rng.dirichlet(np.ones(5), size=50))
+    plain, tempered = fuse(cnn, scores, 1.0), fuse(cnn, scores, 1.0, 3.0)
+    assert np.allclose(tempered.sum(axis=1), 1.0, atol=1e-6)
+    assert np.array_equal(plain.argmax(axis=1), tempered.argmax(axis=1))
+    assert (
+        np.all(tempered.max(axis=1) <= plain.max(axis=1) + 1e-6)
+        and tempered.max(axis=1).mean() < plain.max(axis=1).mean() - 0.05
+    )
+    # softmax(logits / T): the tempered output is the plain one raised to 1 / T, renormalised
+    expected = plain.astype(np.float64) ** (1 / 3.0)
+    assert np.allclose(tempered, expected / expected.sum(axis=1, keepdims=True), atol=1e-5)
+    head = FunctionalHead(random_head(n_labels=5).layers, random_head(n_labels=5).prior, 1.0, 3.0)
+    assert np.allclose(head.fused(cnn, scores), tempered)
+
+
+def overconfident(temperature: float, n: int = 4000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Labels drawn from softmax(logits), and the probabilities softmax(logits * temperature)."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 1.5, size=(n, 6))
+    truth = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    labels = np.array([rng.choice(6, p=p) for p in truth])
+    sharp = np.exp(logits * temperature)
+    return sharp / sharp.sum(axis=1, keepdims=True), labels
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 3.0])
+def test_fit_temperature_finds_how_overconfident_the_probabilities_are(temperature):
+    probabilities, labels = overconfident(temperature)
+    assert fit_temperature(probabilities, labels) == pytest.approx(temperature, rel=0.15)
+
+
+def test_calibration_error_is_near_zero_for_honest_probabilities_and_large_for_overconfident_ones():
+    honest, labels = overconfident(1.0)
+    sharp, _ = overconfident(3.0)
+    assert calibration_error(honest, labels) < 0.03
+    assert calibration_error(sharp, labels) > 0.15
+    fitted = fuse(sharp, np.zeros_like(sharp), 0.0, fit_temperature(sharp, labels))
+    assert calibration_error(fitted, labels) < 0.03
 
 
 def test_fuse_is_a_product_of_experts():

@@ -179,7 +179,9 @@ def test_a_headed_model_fuses_each_segment_with_its_groups_functionals(clips_fol
                 network = windows
                 scores = head.log_probabilities(functionals[None], FrameStats.empty(len(functionals)))
             cnn = headed.predict_proba(network).mean(axis=0)
-            assert np.allclose(row.probabilities, fuse(cnn[None], scores, head.weight)[0], atol=2e-5)
+            # the fixture's head has temperature 2: the fused log-probabilities are halved
+            fused = fuse(cnn[None], scores, head.weight, head.temperature)[0]
+            assert head.temperature == 2.0 and np.allclose(row.probabilities, fused, atol=2e-5)
             assert row.label == headed.card.labels[int(row.probabilities.argmax())]
             changed += not np.allclose(row.probabilities, cnn, atol=1e-3)
     assert changed  # the head moved the probabilities

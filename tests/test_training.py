@@ -1,6 +1,7 @@
 """train and evaluate on a small synthetic RAVDESS-named corpus."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -94,6 +95,13 @@ def test_train_cross_validates_by_actor_and_writes_model_and_card(ravdess, tmp_p
         "every corpus and every class within it weighing alike"
     )
     assert 0 <= pooled["network_only_ua"] <= 1 and card.training["hyperparameters"]["ema_momentum"] == 0.99
+    # the fused output's temperature is fitted on the folds' held-out clips
+    calibration = card.training["calibration"]
+    assert calibration == card.metrics["cross_validation"]["calibration"]
+    assert calibration["fitted_on"] == "2-fold cross-validation" and calibration["clips"] == 32
+    assert card.head.temperature == calibration["temperature"] and 0.25 <= calibration["temperature"] <= 10
+    shown = sercli("models", "--model", out, env={**os.environ, "COLUMNS": "200"}).stdout
+    assert f"temperature {calibration['temperature']:.2f}, fitted on 32 clips of 2-fold" in shown
     # the fold models stay for the robustness benchmark, which scores them beside the openSMILE baseline
     benchmark = Path(__file__).parents[1] / "benchmarks" / "robustness.py"
     table = subprocess.run(
@@ -125,6 +133,19 @@ def test_train_cross_validates_by_actor_and_writes_model_and_card(ravdess, tmp_p
     from sercli.training import fold_features
 
     assert fold_features(Path(f"{out}.cv")) == card.feature_config
+    # a head refitted on the card's corpus is calibrated anew on those fold models, as the training run was
+    refitted = tmp_path / "refitted.json"
+    refitted.write_text(card_path(out).read_text())
+    script = Path(__file__).parents[1] / "scripts" / "refit_card_head.py"
+    subprocess.run(
+        [sys.executable, script, refitted, ravdess, "--cv", f"{out}.cv", "--folds", "2", "--cache", tmp_path / "cache"],
+        capture_output=True,
+        check=True,
+    )
+    again = json.loads(refitted.read_text())
+    assert again["training"]["calibration"]["fitted_on"] == "the 2-fold cross-validation of its recipe (tiny.keras.cv)"
+    assert again["training"]["calibration"]["temperature"] == pytest.approx(calibration["temperature"], rel=1e-3)
+    assert again["functional_head"]["temperature"] == again["training"]["calibration"]["temperature"]
 
 
 @pytest.mark.slow
@@ -135,6 +156,9 @@ def test_train_with_validation_speakers_reports_their_metrics(ravdess, tmp_path)
     assert card.training["training_speakers"] == ["01", "02", "03"]
     assert card.training["validation_speakers"] == ["04"]
     assert card.metrics["validation"]["n"] == 8
+    assert card.training["calibration"]["fitted_on"] == "the validation speakers"
+    assert card.training["calibration"]["clips"] == 8
+    assert card.head.temperature == card.training["calibration"]["temperature"]
 
 
 def test_evaluate_reports_known_answers(ravdess, tmp_path):
@@ -162,6 +186,8 @@ def test_evaluate_reports_known_answers(ravdess, tmp_path):
     assert metrics["unweighted_accuracy"] == pytest.approx(1 / 8)
     assert metrics["per_class_recall"]["angry"] == 1.0 and metrics["per_class_recall"]["sad"] == 0.0
     assert [row[EMOTIONS.index("angry")] for row in metrics["confusion"]] == [4] * 8
+    # sure of every answer and right on one in 8: the confidence column cannot be trusted
+    assert metrics["mean_confidence"] > 0.99 and metrics["calibration_error"] == pytest.approx(7 / 8, abs=0.01)
     assert plot.stat().st_size > 1000
 
 
