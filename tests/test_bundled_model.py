@@ -24,6 +24,10 @@ def test_bundled_model_is_shipped_with_a_complete_card():
     head = card.head  # fused with the network by annotate
     assert head is not None and head.shape == (n_functionals(40), len(EMOTIONS))
     assert "degraded copies" in card.training["functional_head"]
+    # its confidence is calibrated on the held-out clips of its recipe's cross-validation, both corpora
+    calibration = card.training["calibration"]
+    assert head.temperature == calibration["temperature"] > 1 and calibration["clips"] > 3000
+    assert calibration["calibration_error"][1] < calibration["calibration_error"][0]
     robustness = card.metrics["robustness_5fold"]  # of fold models of the bundled model's own recipe and features
     systems = robustness["unweighted_accuracy"]
     assert set(systems) >= {"bundled", "bundled, mixed", "bundled, per clip", "network only"}
@@ -43,5 +47,5 @@ def test_models_shows_the_figure_the_card_is_judged_by_within_80_columns():
     assert "robustness_5fold: clip-level UA" in shown and "telephone" in shown
     sad = robustness["clean_recall"]["bundled"]["sad"]
     assert "recall by class, clean" in shown and re.search(rf"│ bundled +│.*│ {sad:.2f} │", shown)
-    assert "functional head" in shown
+    assert "functional head" in shown and f"temperature {card.head.temperature:.2f}" in shown
     assert "…" not in shown and max(map(len, shown.splitlines())) <= 80
