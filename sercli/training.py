@@ -412,7 +412,7 @@ def fused_calibration(probabilities: np.ndarray, labels: np.ndarray, source: str
         (:func:`sercli.fusion.calibration_error`, on the same clips).
     """
     temperature = fit_temperature(probabilities, labels)
-    tempered = fuse(probabilities, np.zeros_like(probabilities), 0.0, temperature)
+    tempered = fuse(probabilities, np.zeros_like(probabilities), 0.0, temperature)  # no head: only the temperature
     return {
         "temperature": round(temperature, 4),
         "fitted_on": source,
