@@ -76,7 +76,7 @@ def main() -> None:
     fold = json.loads(args.cv.read_text())[str(args.fold)]
     new_speakers = [f"{int(a):02d}" for a in fold.get("test_speakers") or fold["test_actors"]]  # older: ints
     pool, test_actors = new_speakers[: -args.test], new_speakers[-args.test :]
-    path = fold_model_path(args.cv, args.fold)
+    path = fold_model_path(fold_folder(args.cv), args.fold)
     card = ModelCard(  # cross-validation keeps fold models without cards: this is how they were made
         name=path.stem, version="fold", labels=list(EMOTIONS), features=features.to_dict(), normalization="speaker"
     )

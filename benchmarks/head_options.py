@@ -46,7 +46,7 @@ from sercli.datasets import (
 from sercli.evaluation import cached_features, classification_metrics, clip_probabilities, standardize_groups
 from sercli.features import FeatureConfig
 from sercli.fusion import HIDDEN_UNITS, fit_head, head_log_probabilities
-from sercli.training import TrainConfig, degraded_variants
+from sercli.training import TrainConfig, degraded_variants, fold_model_path
 from sercli.vad import VadConfig
 
 
@@ -151,7 +151,7 @@ def main() -> None:
 def finished_folds(folder: Path) -> int:
     """How many fold models ``folder`` holds from fold 1 on (``fold-0.keras``, ``fold-1.keras``, ...)."""
     count = 0
-    while (folder / f"fold-{count}.keras").exists():
+    while fold_model_path(folder, count).exists():
         count += 1
     return count
 

@@ -36,10 +36,11 @@ def keras_predictors(folder: Path, folds: int) -> tuple[list, list, FeatureConfi
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
-    from sercli.training import fold_features, read_prior  # TensorFlow, as keras: not at the top (see main)
+    from sercli.training import fold_features, fold_model_path, read_prior  # TensorFlow: not at the top
 
-    models = [keras.models.load_model(folder / f"fold-{k}.keras", compile=False) for k in range(folds)]
-    priors = [read_prior(folder / f"fold-{k}.prior.json") for k in range(folds)]
+    paths = [fold_model_path(folder, k) for k in range(folds)]
+    models = [keras.models.load_model(path, compile=False) for path in paths]
+    priors = [read_prior(path.with_suffix(".prior.json")) for path in paths]
     features = fold_features(folder)
     return [lambda w, m=m: m.predict(w[..., None], batch_size=256, verbose=0) for m in models], priors, features
 

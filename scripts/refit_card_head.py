@@ -88,11 +88,10 @@ def cross_validation_calibration(folder, n_folds, clips, clean, card, config, ca
     copies = degraded_variants(clips, features, vad, config, cache, folds, log=print)
     training = [f.windows(features.window_frames, config.window_hop_frames, card.labels) for f in [clean, *copies]]
     data = clean.windows(features.window_frames, features.window_hop_frames, card.labels)
-    checkpoint = folder.with_name(folder.name + ".json")  # fold_model_path's argument: the folder is its stem
     fused, labels = [], []
     for k, test_speakers in enumerate(folds):
-        model = keras.models.load_model(fold_model_path(checkpoint, k), compile=False)
-        prior = read_prior(fold_model_path(checkpoint, k).with_suffix(".prior.json"))
+        model = keras.models.load_model(fold_model_path(folder, k), compile=False)
+        prior = read_prior(fold_model_path(folder, k).with_suffix(".prior.json"))
         train_speakers, _ = fold_split(data.clips, test_speakers)
         test = data.for_speakers(test_speakers)
         train = [copy.for_speakers(train_speakers) for copy in training]

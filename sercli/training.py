@@ -301,7 +301,7 @@ def cross_validate(
             train = [variant.for_speakers(train_speakers) for variant in training]
             validation = data.for_speakers(val_speakers) if val_speakers else None
             model, history = fit(train, validation, config, log, base)
-            fold_model = fold_model_path(checkpoint, k)
+            fold_model = fold_model_path(folder, k)
             model.save(fold_model)
             prior = training_prior(train[0], config, base)
             write_prior(prior, fold_model.with_suffix(".prior.json"))
@@ -440,10 +440,10 @@ def fold_features(folder: Path) -> FeatureConfig:
     return FeatureConfig(**json.loads((folder / FOLD_FEATURES).read_text()))
 
 
-def fold_model_path(checkpoint: Path, fold: int) -> Path:
-    """Where :func:`cross_validate` keeps fold ``fold``'s (0-based) model (its prior beside it,
-    ``fold-<k>.prior.json``: see :func:`write_prior`)."""
-    return fold_folder(checkpoint) / f"fold-{fold}.keras"
+def fold_model_path(folder: Path, fold: int) -> Path:
+    """Where :func:`cross_validate` keeps fold ``fold``'s (0-based) model in its fold folder (see
+    :func:`fold_folder`), its prior beside it (``fold-<k>.prior.json``: see :func:`write_prior`)."""
+    return folder / f"fold-{fold}.keras"
 
 
 def training_head(train: list[WindowSet]) -> FunctionalHead:
