@@ -143,8 +143,8 @@ class WindowSet:
 
 def normalization_groups(
     clips: list[LabelledClip], normalization: str, speaker_of: SpeakerOf | None = None
-) -> np.ndarray:
-    """Which clips are standardised together, shape ``(n_clips,)``.
+) -> np.ndarray | None:
+    """Which clips are standardised together, shape ``(n_clips,)``; ``None`` for ``none`` (no group).
 
     ``speaker``: each clip's :attr:`LabelledClip.group` (its speaker, else its
     recording), as training groups validation clips; ``recording``: each clip alone;
@@ -152,6 +152,8 @@ def normalization_groups(
     (:func:`sercli.groups.plan_groups`; the parts of one recording fall in its group),
     the speakers being ``speaker_of``'s or else the clips' own.
     """
+    if normalization == "none":
+        return None
     if normalization == "speaker":
         return clip_groups(clips)
     if normalization == "recording":
@@ -391,13 +393,8 @@ def predict_clips(
     probabilities = clip_probabilities(predict(data.normalized(normalization, prior, speaker_of)), data)
     if head is None:
         return probabilities
-    if normalization == "none":
-        scores = head.log_probabilities(data.functionals, FrameStats.empty(data.functionals.shape[1]))
-    else:
-        scores = head_log_probabilities(
-            head, data.functionals, normalization_groups(data.clips, normalization, speaker_of)
-        )
-    return head.fused(probabilities, scores)
+    groups = normalization_groups(data.clips, normalization, speaker_of)
+    return head.fused(probabilities, head_log_probabilities(head, data.functionals, groups))
 
 
 def evaluate_windows(

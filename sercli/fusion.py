@@ -260,8 +260,11 @@ def group_standardized(functionals: np.ndarray, groups: np.ndarray, prior: Frame
     return out
 
 
-def head_log_probabilities(head: FunctionalHead, functionals: np.ndarray, groups: np.ndarray) -> np.ndarray:
-    """:meth:`FunctionalHead.log_probabilities` of every row, each standardised over its group in ``groups``."""
+def head_log_probabilities(head: FunctionalHead, functionals: np.ndarray, groups: np.ndarray | None) -> np.ndarray:
+    """:meth:`FunctionalHead.log_probabilities` of every row, each standardised over its group in ``groups``
+    (``None``: over no group, with the prior alone)."""
+    if groups is None:
+        return head.log_probabilities(functionals, FrameStats.empty(head.shape[0]))
     out = np.empty((len(functionals), head.shape[1]))
     for group in np.unique(groups):
         members = groups == group

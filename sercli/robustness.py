@@ -40,7 +40,6 @@ from sercli.evaluation import (
 )
 from sercli.features import FeatureConfig
 from sercli.fusion import FunctionalHead, fit_head, head_log_probabilities
-from sercli.normalization import FrameStats
 from sercli.vad import VadConfig
 
 
@@ -182,7 +181,7 @@ class CnnFolds:
             groups = np.zeros(len(subset.clips), dtype=int)
             x = standardize_groups(subset.windows, subset.clip_index, subset.clip_stats, groups, prior)
         else:
-            groups = normalization_groups(subset.clips, self.grouping) if self.grouping != "none" else None
+            groups = normalization_groups(subset.clips, self.grouping)
             x = subset.normalized(self.grouping, prior)
         probabilities = clip_probabilities(self.predictors[fold](x), subset)
         if not self.head:
@@ -195,11 +194,7 @@ class CnnFolds:
                 rows, labels, clip_groups(train_clips), len(subset.labels), balanced_weights(train_clips)
             )
         head = self._heads[fold]
-        if groups is None:
-            scores = head.log_probabilities(subset.functionals, FrameStats.empty(subset.functionals.shape[1]))
-        else:
-            scores = head_log_probabilities(head, subset.functionals, groups)
-        return head.fused(probabilities, scores).argmax(axis=1)
+        return head.fused(probabilities, head_log_probabilities(head, subset.functionals, groups)).argmax(axis=1)
 
 
 class OpenSmileBaseline:

@@ -247,6 +247,32 @@ def test_weight_averaging_returns_the_average_with_and_without_validation(ravdes
     assert same(trained(1, 1.0, validation), trained(2, 1.0, validation))
 
 
+@pytest.mark.parametrize("normalization", ["speaker", "none"])
+def test_a_folds_held_out_clips_are_fused_as_evaluation_fuses_them(ravdess, normalization):
+    """What the cross-validation scores (and calibrates on) is what evaluate gives with the fold's head; with
+    the windows as they are (``none``), the head standardises each clip with its prior alone."""
+    import keras
+
+    from sercli.architecture import build_cnn_bilstm
+    from sercli.evaluation import extract_features, predict_clips
+    from sercli.features import FeatureConfig
+    from sercli.training import TrainConfig, held_out_probabilities, training_head, training_prior
+    from sercli.vad import VadConfig
+
+    keras.utils.set_random_seed(0)
+    data = extract_features(find_clips(ravdess, "ravdess"), FeatureConfig(), VadConfig()).windows(100, 100)
+    train, test = data.for_speakers(["01", "02", "03"]), data.for_speakers(["04"])
+    model = build_cnn_bilstm(np.zeros(40), np.ones(40))
+    config = TrainConfig(normalization=normalization)
+    prior = training_prior(train, config)
+    network, fused = held_out_probabilities(model, prior, [train], test, config)
+    predict = lambda w: model.predict(w[..., None], verbose=0)
+    assert np.allclose(network, predict_clips(predict, test, normalization, prior), atol=1e-6)
+    expected = predict_clips(predict, test, normalization, prior, head=training_head([train]))
+    assert fused.shape == (8, 8) and np.allclose(fused, expected, atol=1e-6)
+    assert not np.allclose(fused, network, atol=1e-3)
+
+
 @pytest.mark.slow
 def test_cv_spread_scores_folds_speakers_and_every_test_set(ravdess, tmp_path):
     """Actors 01 and 02 all right, 03 and 04 all wrong: known figures at every level."""
