@@ -12,8 +12,10 @@ copies the card's training settings make (found in the cache when the training r
 A new head needs a new temperature. With ``--cv``, the fold models of a leave-speakers-out cross-validation of
 the model's recipe on the same corpora (``benchmarks/training_options.py`` or ``sercli train --cv-folds``), each
 fold's network is fused with a head fitted on that fold's training clips, as :func:`sercli.training.cross_validate`
-does, and the temperature is fitted on all folds' held-out clips (``training.calibration``). Without it the head is
-left uncalibrated (temperature 1).
+does, and the temperature is fitted on all folds' held-out clips (``training.calibration``). The folds' figures
+go into the card as ``sercli train --cv-folds`` puts them there (``metrics.cross_validation``, by corpus with
+several), so the card states what its own recipe scores. Without ``--cv`` the head is left uncalibrated
+(temperature 1) and the card has no cross-validation.
 """
 
 from __future__ import annotations
@@ -24,8 +26,6 @@ from dataclasses import asdict, replace
 from datetime import date
 from pathlib import Path
 
-import numpy as np
-
 from sercli.datasets import corpus_folds, find_clips, fold_split, natural_key
 from sercli.evaluation import cached_features
 from sercli.model import ModelCard
@@ -34,7 +34,7 @@ from sercli.training import (
     degraded_variants,
     fold_features,
     fold_model_path,
-    fused_calibration,
+    fold_summary,
     head_provenance,
     held_out_probabilities,
     read_prior,
@@ -66,10 +66,13 @@ def main() -> None:
         f"{json.dumps(asdict(vad))}, {date.today().isoformat()}, by scripts/refit_card_head.py"
     )
     card.training.pop("calibration", None)
+    card.metrics.pop("cross_validation", None)
     if args.cv is not None:
-        calibration = cross_validation_calibration(args.cv, args.folds, clips, clean, card, config, args.cache)
+        cross_validation = recipe_cross_validation(args.cv, args.folds, clips, clean, card, config, args.cache)
+        calibration = cross_validation["calibration"]
         head = replace(head, temperature=calibration["temperature"])
         card.training["calibration"] = calibration
+        card.metrics["cross_validation"] = cross_validation
         errors = calibration["calibration_error"]
         print(f"temperature {head.temperature:.3f}: calibration error {errors[0]:.3f} -> {errors[1]:.3f}")
     card.functional_head = head.to_dict()
@@ -77,32 +80,48 @@ def main() -> None:
     print(f"{args.card}: functional head of {head.shape[0]} functionals fitted on {len(clips)} clips")
 
 
-def cross_validation_calibration(folder, n_folds, clips, clean, card, config, cache) -> dict:
-    """:func:`sercli.training.fused_calibration` on the held-out clips of the fold models in ``folder``."""
+def recipe_cross_validation(folder, n_folds, clips, clean, card, config, cache) -> dict:
+    """The card's recipe's cross-validation (:func:`sercli.training.fold_summary`) from the fold models in
+    ``folder``: each fused with a head fitted on its fold's training speakers, as
+    :func:`sercli.training.cross_validate` scores them, and calibrated on all folds' held-out clips."""
     import keras
 
     features, vad = card.feature_config, VadConfig(**card.training["vad"])
     if fold_features(folder) != features:
         raise SystemExit(f"{folder}: its fold models take other features than the card's")
+    checkpoint = folder.with_suffix(".cv.json")  # the best epochs, while its training run keeps it
+    best_epochs = (
+        {k: fold["best_epoch"] for k, fold in json.loads(checkpoint.read_text()).items()} if checkpoint.exists() else {}
+    )
     folds = corpus_folds(clips, n_folds)
     copies = degraded_variants(clips, features, vad, config, cache, folds, log=print)
     training = [f.windows(features.window_frames, config.window_hop_frames, card.labels) for f in [clean, *copies]]
     data = clean.windows(features.window_frames, features.window_hop_frames, card.labels)
-    fused, labels = [], []
+    records, test_clips = [], []
     for k, test_speakers in enumerate(folds):
         model = keras.models.load_model(fold_model_path(folder, k), compile=False)
         prior = read_prior(fold_model_path(folder, k).with_suffix(".prior.json"))
-        train_speakers, _ = fold_split(data.clips, test_speakers)
+        train_speakers, validation_speakers = fold_split(data.clips, test_speakers)
         test = data.for_speakers(test_speakers)
         train = [copy.for_speakers(train_speakers) for copy in training]
-        fused.append(held_out_probabilities(model, prior, train, test, config)[1])
-        labels.append(test.clip_labels)
+        network, fused = held_out_probabilities(model, prior, train, test, config)
+        records.append(
+            {
+                "test_speakers": test_speakers,
+                "validation_speakers": validation_speakers,
+                "best_epoch": best_epochs.get(str(k)),
+                "true": test.clip_labels,
+                "predicted": fused.argmax(axis=1),
+                "predicted_network": network.argmax(axis=1),
+                "probabilities": fused,
+            }
+        )
+        test_clips.append(test.clips)
         print(f"fold {k + 1}/{n_folds}: {len(test.clips)} held-out clips")
-    return fused_calibration(
-        np.concatenate(fused),
-        np.concatenate(labels),
-        f"the {n_folds}-fold cross-validation of its recipe ({folder.name})",
-    )
+    source = f"the {n_folds}-fold cross-validation of its recipe ({folder.name})"
+    summary = fold_summary(records, test_clips, card.labels, card.normalization, source)
+    summary["protocol"] += f"; fold models: {folder} (benchmarks/training_options.py), heads fitted by this script"
+    return summary
 
 
 if __name__ == "__main__":

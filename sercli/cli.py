@@ -681,6 +681,10 @@ def _print_metrics(metrics: dict, out: Console = console) -> None:
         elif figures.get("ua_ci95_resampled"):
             title += f" ({figures['ua_ci95_resampled']})"
         title += f", accuracy {figures['accuracy']:.3f}, {figures['n']} clips"
+        if "by_corpus" in figures:
+            title += "; " + ", ".join(
+                f"{name} UA {m['unweighted_accuracy']:.3f}" for name, m in figures["by_corpus"].items()
+            )
         if "calibration_error" in figures:
             title += f", mean confidence {figures['mean_confidence']:.3f} (calibration error {figures['calibration_error']:.3f})"
         if "folds" in block:

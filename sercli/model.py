@@ -108,11 +108,16 @@ class ModelCard:
 
     def headline(self) -> str | None:
         """The figure the model is judged by, as a line: clip-level UA on speakers it never heard, from
-        its 5-fold robustness table (the model's own column, first row), else its cross-validation, else
-        its 2-fold robustness table; None when the card has none of them."""
+        its own cross-validation of 5 folds or more (each corpus's when it has several), else its 5-fold
+        robustness table (the model's own column, first row: fold models of its recipe, possibly trained
+        on fewer corpora), else a cross-validation of fewer folds, else its 2-fold robustness table; None
+        when the card has none of them."""
         cv = self.metrics.get("cross_validation")
-        if cv and "robustness_5fold" not in self.metrics:
+        if cv and (len(cv["folds"]) >= 5 or "robustness_5fold" not in self.metrics):
             pooled = cv["pooled"]
+            if "by_corpus" in pooled:
+                figures = ", ".join(f"{name} {m['unweighted_accuracy']:.3f}" for name, m in pooled["by_corpus"].items())
+                return f"{figures} ({len(cv['folds'])}-fold cross-validation)"
             interval = (
                 f", 95 % CI {pooled['ua_ci95'][0]:.3f}-{pooled['ua_ci95'][1]:.3f}" if pooled.get("ua_ci95") else ""
             )

@@ -279,9 +279,8 @@ def cross_validate(
     Returns
     -------
     dict
-        ``folds`` (per-fold metrics, test speakers, best epoch) and ``pooled``
-        (metrics over all folds' test clips together, with a 95 % bootstrap interval
-        on UA: see :func:`sercli.evaluation.metrics_with_interval`), plus ``mean_ua`` and ``std_ua``.
+        :func:`fold_summary` of the folds: ``folds`` (per-fold metrics, test speakers, best epoch),
+        ``pooled`` (over all folds' test clips together), ``mean_ua``, ``std_ua`` and ``calibration``.
     """
     import json
 
@@ -293,7 +292,6 @@ def cross_validate(
             partial.write_text(json.dumps(features.to_dict()))
     elif fold_features(folder) != features:
         raise ModelError(f"{folder / FOLD_FEATURES}: the fold models there take other features than {features}")
-    true_all, predicted_all, clips_all = [], [], []
     for k, test_speakers in enumerate(folds):
         train_speakers, val_speakers = fold_split(data.clips, test_speakers)
         if str(k) not in done:
@@ -320,22 +318,58 @@ def cross_validate(
                 partial.write_text(json.dumps(done))
         fold = done[str(k)]
         metrics = classification_metrics(np.array(fold["true"]), np.array(fold["predicted"]), data.labels)
-        fold["metrics"] = metrics
         log(f"fold {k + 1}: UA {metrics['unweighted_accuracy']:.3f}, accuracy {metrics['accuracy']:.3f}")
-        true_all += fold["true"]
-        predicted_all += fold["predicted"]
-        clips_all += data.for_speakers(test_speakers).clips
-    fold_ua = [done[str(k)]["metrics"]["unweighted_accuracy"] for k in range(len(folds))]
-    true_all, predicted_all = np.array(true_all), np.array(predicted_all)
-    pooled = metrics_with_interval(true_all, predicted_all, clips_all, data.labels)
-    network = np.concatenate([done[str(k)].get("predicted_network", []) for k in range(len(folds))]).astype(int)
+    records = [done[str(k)] for k in range(len(folds))]
+    test_clips = [data.for_speakers(test_speakers).clips for test_speakers in folds]
+    return fold_summary(records, test_clips, data.labels, _eval_normalization(config))
+
+
+def fold_summary(
+    records: list[dict],
+    test_clips: list[list[LabelledClip]],
+    labels: list[str],
+    normalization: str,
+    source: str = "",
+) -> dict:
+    """A cross-validation's figures from its folds' held-out outputs, as :func:`cross_validate` returns them.
+
+    Parameters
+    ----------
+    records : list of dict
+        One per fold: ``test_speakers``, ``validation_speakers``, ``best_epoch``, ``true`` and ``predicted``
+        (label indices of its test clips: fused), optionally ``predicted_network`` (the network alone) and
+        ``probabilities`` (fused, at temperature 1, shape ``(n_test_clips, n_labels)``).
+    test_clips : list of list of LabelledClip
+        Each fold's test clips, in the order of its ``true``.
+    normalization : str
+        How the test clips were standardised, for the protocol.
+    source : str
+        Where the folds come from, for the calibration; default ``"<k>-fold cross-validation"``.
+
+    Returns
+    -------
+    dict
+        ``protocol``, ``mean_ua`` and ``std_ua`` over folds, ``pooled`` (metrics over all folds' test clips
+        together, with a 95 % bootstrap interval on UA: :func:`sercli.evaluation.metrics_with_interval`;
+        ``network_only_ua`` when every fold has the network's output; ``by_corpus`` with several corpora),
+        ``folds`` (speakers, best epoch and metrics of each), and ``calibration`` (:func:`fused_calibration`)
+        when every fold has its probabilities.
+    """
+    for record in records:
+        record["metrics"] = classification_metrics(np.array(record["true"]), np.array(record["predicted"]), labels)
+    fold_ua = [record["metrics"]["unweighted_accuracy"] for record in records]
+    true_all = np.concatenate([record["true"] for record in records]).astype(int)
+    predicted_all = np.concatenate([record["predicted"] for record in records]).astype(int)
+    clips_all = [clip for clips in test_clips for clip in clips]
+    pooled = metrics_with_interval(true_all, predicted_all, clips_all, labels)
+    network = np.concatenate([record.get("predicted_network", []) for record in records]).astype(int)
     if len(network) == len(true_all):  # folds checkpointed before the head have none
-        pooled["network_only_ua"] = classification_metrics(true_all, network, data.labels)["unweighted_accuracy"]
-    held_out = [done[str(k)].get("probabilities") for k in range(len(folds))]
+        pooled["network_only_ua"] = classification_metrics(true_all, network, labels)["unweighted_accuracy"]
+    held_out = [record.get("probabilities") for record in records]
     calibration = (  # folds checkpointed before calibration have no probabilities
         None
-        if None in held_out
-        else fused_calibration(np.concatenate(held_out), true_all, f"{len(folds)}-fold cross-validation")
+        if any(probabilities is None for probabilities in held_out)
+        else fused_calibration(np.concatenate(held_out), true_all, source or f"{len(records)}-fold cross-validation")
     )
     corpora = np.array([clip.corpus or "" for clip in clips_all])
     if len(set(corpora)) > 1:
@@ -344,19 +378,19 @@ def cross_validate(
                 true_all[corpora == corpus],
                 predicted_all[corpora == corpus],
                 [c for c, of in zip(clips_all, corpora) if of == corpus],
-                data.labels,
+                labels,
             )
             for corpus in dict.fromkeys(corpora)
         }
     return {
-        "protocol": f"{len(folds)}-fold leave-speakers-out, clip level (mean of window probabilities "
-        f"fused with the functional head's), test clips normalised per {_eval_normalization(config)}",
+        "protocol": f"{len(records)}-fold leave-speakers-out, clip level (mean of window probabilities "
+        f"fused with the functional head's), test clips normalised per {normalization}",
         "mean_ua": float(np.mean(fold_ua)),
         "std_ua": float(np.std(fold_ua)),
         "pooled": pooled,
         "folds": [
-            {key: done[str(k)][key] for key in ("test_speakers", "validation_speakers", "best_epoch", "metrics")}
-            for k in range(len(folds))
+            {key: record[key] for key in ("test_speakers", "validation_speakers", "best_epoch", "metrics")}
+            for record in records
         ],
     } | ({"calibration": calibration} if calibration else {})
 

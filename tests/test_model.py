@@ -150,7 +150,7 @@ def test_export_model_rewrites_only_the_litert_export(random_model, tmp_path, sp
     )
 
 
-def test_headline_prefers_five_fold_tables_then_cross_validation_then_two_fold_tables():
+def test_headline_prefers_five_fold_figures_then_cross_validation_then_two_fold_tables():
     two_fold = {
         "protocol": "2-fold leave-speakers-out, clip-level UA",
         "unweighted_accuracy": {"bundled": {"per speaker": 0.6, "each clip alone": 0.5}},
@@ -168,6 +168,13 @@ def test_headline_prefers_five_fold_tables_then_cross_validation_then_two_fold_t
     assert card.headline() == "0.550 (3-fold cross-validation)"
     card.metrics["robustness_5fold"] = robustness
     assert card.headline() == "0.520, clean (5-fold leave-actors-out)"
+    # the model's own cross-validation of 5 folds comes first, each corpus's figure when it has several
+    by_corpus = {"ravdess": {"unweighted_accuracy": 0.6}, "nemo": {"unweighted_accuracy": 0.5}}
+    card.metrics["cross_validation"] = {
+        "pooled": {"unweighted_accuracy": 0.55, "by_corpus": by_corpus},
+        "folds": [{}] * 5,
+    }
+    assert card.headline() == "ravdess 0.600, nemo 0.500 (5-fold cross-validation)"
 
 
 def test_a_robustness_table_enters_the_card_with_its_clean_recall():

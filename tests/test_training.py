@@ -146,6 +146,11 @@ def test_train_cross_validates_by_actor_and_writes_model_and_card(ravdess, tmp_p
     assert again["training"]["calibration"]["fitted_on"] == "the 2-fold cross-validation of its recipe (tiny.keras.cv)"
     assert again["training"]["calibration"]["temperature"] == pytest.approx(calibration["temperature"], rel=1e-3)
     assert again["functional_head"]["temperature"] == again["training"]["calibration"]["temperature"]
+    # ... and the card states the figures of those folds, as the training run stated them
+    refit_cv, trained_cv = again["metrics"]["cross_validation"], card.metrics["cross_validation"]
+    assert refit_cv["pooled"]["unweighted_accuracy"] == pytest.approx(trained_cv["pooled"]["unweighted_accuracy"])
+    assert [fold["test_speakers"] for fold in refit_cv["folds"]] == [["01", "02"], ["03", "04"]]
+    assert refit_cv["calibration"] == again["training"]["calibration"] and "tiny.keras.cv" in refit_cv["protocol"]
 
 
 @pytest.mark.slow
@@ -327,3 +332,39 @@ def test_sercli_train_defaults_are_the_training_configs():
         ("freeze_conv", "freeze_convolutions"),
     ]:
         assert defaults[option] == getattr(config, field), option
+
+
+def test_a_cross_validation_summary_gives_each_corpus_its_own_figures():
+    from sercli.datasets import LabelledClip
+    from sercli.training import fold_summary
+
+    labels = ["neutral", "happy"]
+
+    def fold(speakers, corpus, right):
+        """Each speaker: one clip of each label, the first ``right`` of them (in order) answered right."""
+        clips = [LabelledClip(Path(f"{s}-{t}.wav"), labels[t], s, corpus=corpus) for s in speakers for t in (0, 1)]
+        true = [labels.index(c.label) for c in clips]
+        predicted = [t if i < right else 1 - t for i, t in enumerate(true)]
+        return clips, true, predicted
+
+    a_clips, a_true, a_predicted = fold(["a1", "a2"], "ravdess", 4)  # all right
+    b_clips, b_true, b_predicted = fold(["b1", "b2"], "nemo", 2)  # half right
+    records = [
+        {"test_speakers": ["a1", "a2"], "validation_speakers": [], "best_epoch": 3, "true": a_true},
+        {"test_speakers": ["b1", "b2"], "validation_speakers": [], "best_epoch": 5, "true": b_true},
+    ]
+    records[0] |= {"predicted": a_predicted, "predicted_network": a_true, "probabilities": np.eye(2)[a_predicted]}
+    records[1] |= {"predicted": b_predicted, "predicted_network": b_true, "probabilities": None}
+    summary = fold_summary(records, [a_clips, b_clips], labels, "speaker")
+    pooled = summary["pooled"]
+    assert pooled["unweighted_accuracy"] == 0.75 and pooled["network_only_ua"] == 1.0
+    assert pooled["by_corpus"]["ravdess"]["unweighted_accuracy"] == 1.0
+    assert pooled["by_corpus"]["nemo"]["unweighted_accuracy"] == 0.5
+    assert summary["mean_ua"] == 0.75 and summary["std_ua"] == 0.25
+    assert [f["best_epoch"] for f in summary["folds"]] == [3, 5] and "calibration" not in summary  # fold 2 has none
+    assert summary["protocol"].startswith("2-fold leave-speakers-out") and summary["protocol"].endswith("per speaker")
+    records[1]["probabilities"] = np.full((4, 2), 0.5)
+    assert (
+        fold_summary(records, [a_clips, b_clips], labels, "speaker", "my folds")["calibration"]["fitted_on"]
+        == "my folds"
+    )
