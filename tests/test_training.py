@@ -133,6 +133,22 @@ def test_train_cross_validates_by_actor_and_writes_model_and_card(ravdess, tmp_p
     from sercli.training import fold_features
 
     assert fold_features(Path(f"{out}.cv")) == card.feature_config
+    # ... and the fine-tuning benchmark fine-tunes each of them into fold models laid out the same way
+    tuned = tmp_path / "tuned.cv"
+    script = Path(__file__).parents[1] / "benchmarks" / "corpus_fine_tuning.py"
+    run = [sys.executable, script, ravdess, "--cv", f"{out}.cv", "--folds", "2", "--epochs", "1", "--fixed"]
+    printed = subprocess.run(
+        [*run, "--out", tuned, "--cache", tmp_path / "cache"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "fold 1: epoch 1/1" in printed and "fold 2: network UA ravdess " in printed
+    assert "pooled, 2 folds: network UA ravdess " in printed
+    assert fold_features(tuned) == card.feature_config
+    for k in range(2):
+        prior, base_prior = (
+            json.loads((folder / f"fold-{k}.prior.json").read_text()) for folder in (tuned, Path(f"{out}.cv"))
+        )
+        assert prior["frames"] == base_prior["frames"] and np.allclose(prior["mean"], base_prior["mean"])
+        assert len(json.loads((tuned / "network.json").read_text())[str(k)]["predicted"]) == 16
     # a head refitted on the card's corpus is calibrated anew on those fold models, as the training run was
     refitted = tmp_path / "refitted.json"
     refitted.write_text(card_path(out).read_text())
