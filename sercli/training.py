@@ -312,7 +312,7 @@ def cross_validate(
                 "true": test.clip_labels.tolist(),
                 "predicted": fused.argmax(axis=1).tolist(),
                 "predicted_network": network.argmax(axis=1).tolist(),
-                "probabilities": np.round(fused, 6).tolist(),
+                "probabilities": fused.tolist(),  # whole: rounded, the smallest became 0 and moved the temperature
             }
             with atomic_output(checkpoint) as partial:
                 partial.write_text(json.dumps(done))
