@@ -36,7 +36,7 @@ from sercli.training import (
     fold_model_path,
     fold_summary,
     head_provenance,
-    held_out_probabilities,
+    held_out_record,
     read_prior,
     training_head,
 )
@@ -99,22 +99,15 @@ def recipe_cross_validation(folder, n_folds, clips, clean, card, config, cache) 
     data = clean.windows(features.window_frames, features.window_hop_frames, card.labels)
     records, test_clips = [], []
     for k, test_speakers in enumerate(folds):
-        model = keras.models.load_model(fold_model_path(folder, k), compile=False)
-        prior = read_prior(fold_model_path(folder, k).with_suffix(".prior.json"))
+        path = fold_model_path(folder, k)
+        model = keras.models.load_model(path, compile=False)
+        prior = read_prior(path.with_suffix(".prior.json"))
         train_speakers, validation_speakers = fold_split(data.clips, test_speakers)
         test = data.for_speakers(test_speakers)
         train = [copy.for_speakers(train_speakers) for copy in training]
-        network, fused = held_out_probabilities(model, prior, train, test, config)
+        best_epoch = best_epochs.get(str(k))
         records.append(
-            {
-                "test_speakers": test_speakers,
-                "validation_speakers": validation_speakers,
-                "best_epoch": best_epochs.get(str(k)),
-                "true": test.clip_labels,
-                "predicted": fused.argmax(axis=1),
-                "predicted_network": network.argmax(axis=1),
-                "probabilities": fused,
-            }
+            held_out_record(model, prior, train, test, config, test_speakers, validation_speakers, best_epoch)
         )
         test_clips.append(test.clips)
         print(f"fold {k + 1}/{n_folds}: {len(test.clips)} held-out clips")

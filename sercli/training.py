@@ -304,16 +304,9 @@ def cross_validate(
             prior = training_prior(train[0], config, base)
             write_prior(prior, fold_model.with_suffix(".prior.json"))
             test = data.for_speakers(test_speakers)
-            network, fused = held_out_probabilities(model, prior, train, test, config)
-            done[str(k)] = {
-                "test_speakers": test_speakers,
-                "validation_speakers": val_speakers,
-                "best_epoch": history["best_epoch"],
-                "true": test.clip_labels.tolist(),
-                "predicted": fused.argmax(axis=1).tolist(),
-                "predicted_network": network.argmax(axis=1).tolist(),
-                "probabilities": fused.tolist(),  # whole: rounded, the smallest became 0 and moved the temperature
-            }
+            done[str(k)] = held_out_record(
+                model, prior, train, test, config, test_speakers, val_speakers, history["best_epoch"]
+            )
             with atomic_output(checkpoint) as partial:
                 partial.write_text(json.dumps(done))
         fold = done[str(k)]
@@ -393,6 +386,32 @@ def fold_summary(
             for record in records
         ],
     } | ({"calibration": calibration} if calibration else {})
+
+
+def held_out_record(
+    model: keras.Model,
+    prior: FrameStats,
+    train: list[WindowSet],
+    test: WindowSet,
+    config: TrainConfig,
+    test_speakers: list[str],
+    validation_speakers: list[str],
+    best_epoch: int | None,
+) -> dict:
+    """A cross-validation fold's record, as :func:`cross_validate` checkpoints it and :func:`fold_summary`
+    reads it: its speakers and best epoch, and its test clips' labels and predictions, fused and by the network
+    alone, with the fused probabilities (:func:`held_out_probabilities`), all JSON-ready. The probabilities are
+    kept whole: rounded, the smallest became 0, and the temperature fitted on them moved (2.73 for 2.71)."""
+    network, fused = held_out_probabilities(model, prior, train, test, config)
+    return {
+        "test_speakers": test_speakers,
+        "validation_speakers": validation_speakers,
+        "best_epoch": best_epoch,
+        "true": test.clip_labels.tolist(),
+        "predicted": fused.argmax(axis=1).tolist(),
+        "predicted_network": network.argmax(axis=1).tolist(),
+        "probabilities": fused.tolist(),
+    }
 
 
 def held_out_probabilities(

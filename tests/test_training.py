@@ -277,7 +277,7 @@ def test_a_folds_held_out_clips_are_fused_as_evaluation_fuses_them(ravdess, norm
     from sercli.architecture import build_cnn_bilstm
     from sercli.evaluation import extract_features, predict_clips
     from sercli.features import FeatureConfig
-    from sercli.training import TrainConfig, held_out_probabilities, training_head, training_prior
+    from sercli.training import TrainConfig, held_out_probabilities, held_out_record, training_head, training_prior
     from sercli.vad import VadConfig
 
     keras.utils.set_random_seed(0)
@@ -292,6 +292,13 @@ def test_a_folds_held_out_clips_are_fused_as_evaluation_fuses_them(ravdess, norm
     expected = predict_clips(predict, test, normalization, prior, head=training_head([train]))
     assert fused.shape == (8, 8) and np.allclose(fused, expected, atol=1e-6)
     assert not np.allclose(fused, network, atol=1e-3)
+    # cross_validate checkpoints, and the refit script reads, the same record: the probabilities whole
+    record = held_out_record(model, prior, [train], test, config, ["04"], ["03"], 7)
+    assert record["probabilities"] == fused.tolist() and record["predicted"] == fused.argmax(axis=1).tolist()
+    assert (
+        record["predicted_network"] == network.argmax(axis=1).tolist() and record["true"] == test.clip_labels.tolist()
+    )
+    assert (record["test_speakers"], record["validation_speakers"], record["best_epoch"]) == (["04"], ["03"], 7)
 
 
 @pytest.mark.slow
