@@ -23,6 +23,8 @@ weighting and a shape:
 With ``--cnn NAME=FOLDER`` (cross-validation fold models of ``training_options.py`` on the same folds), each
 head is also fused with each fold's network (its test clips standardised per speaker), on the folds that
 every such folder has finished (from fold 1 on): a run still under way is measured on its first folds.
+``NAME=FOLDER+FOLDER`` averages the clip probabilities of several runs' fold networks (each standardised with
+its own prior) before fusing.
 """
 
 from __future__ import annotations
@@ -82,17 +84,19 @@ def main() -> None:
     parser.add_argument("corpora", type=Path, nargs="+", help="corpus folders, the first one also fitted alone")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--cache", type=Path, default=Path("runs/cache"))
-    parser.add_argument("--cnn", action="append", default=[], metavar="NAME=FOLDER", help="fold models to fuse with")
+    parser.add_argument(
+        "--cnn", action="append", default=[], metavar="NAME=FOLDER[+FOLDER]", help="fold models to fuse with"
+    )
     parser.add_argument("--head", action="append", choices=list(HEADS), help="the heads to fit (default: all)")
     args = parser.parse_args()
     heads = {name: HEADS[name] for name in args.head or HEADS}
-    networks = dict(spec.split("=", 1) for spec in args.cnn)
+    networks = {name: folders.split("+") for name, folders in (spec.split("=", 1) for spec in args.cnn)}
     features, vad, config = FeatureConfig(), VadConfig(), TrainConfig()
     clips = [clip for corpus in args.corpora for clip in find_clips(corpus)]
     folds = corpus_folds(clips, args.folds)
-    tested = min([finished_folds(Path(folder)) for folder in networks.values()], default=len(folds))
-    loaded = {name: keras_predictors(Path(folder), tested) for name, folder in networks.items()}
-    if any(fold_features != features for _, _, fold_features in loaded.values()):
+    tested = min([finished_folds(Path(f)) for folders in networks.values() for f in folders], default=len(folds))
+    loaded = {name: [keras_predictors(Path(f), tested) for f in folders] for name, folders in networks.items()}
+    if any(member[2] != features for members in loaded.values() for member in members):
         raise SystemExit("the --cnn fold models take other features than today's FeatureConfig()")
     clean = cached_features(args.cache, {"variant": 0}, clips, features, vad)
     copies = degraded_variants(clips, features, vad, config, args.cache, folds, log=print)
@@ -110,9 +114,12 @@ def main() -> None:
         corpora += [clip.corpus for clip in test.clips]
         groups = np.unique(clip_groups(test.clips), return_inverse=True)[1]
         outputs = {}
-        for network, (predictors, priors, _) in loaded.items():
-            x = standardize_groups(test.windows, test.clip_index, test.clip_stats, groups, priors[k])
-            outputs[network] = clip_probabilities(predictors[k](x), test)
+        for network, members in loaded.items():
+            each = []
+            for predictors, priors, _ in members:
+                x = standardize_groups(test.windows, test.clip_index, test.clip_stats, groups, priors[k])
+                each.append(clip_probabilities(predictors[k](x), test))
+            outputs[network] = np.mean(each, axis=0)
             predicted[network, None].append(outputs[network].argmax(axis=1))
         for name, (weighting, hidden) in heads.items():
             speakers = [s for s in trained if weighting != "first corpus" or s in first]
