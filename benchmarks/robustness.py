@@ -22,10 +22,11 @@ import sys
 from pathlib import Path
 
 from sercli.augment import CONDITIONS
-from sercli.datasets import find_clips, speaker_folds
+from sercli.datasets import corpus_folds, find_clips, speaker_folds
+from sercli.evaluation import cached_features
 from sercli.features import FeatureConfig
 from sercli.model import ModelCard
-from sercli.robustness import CnnFolds, OpenSmileBaseline, card_entry, format_table, robustness_table
+from sercli.robustness import CnnFolds, OpenSmileBaseline, card_entry, fold_heads, format_table, robustness_table
 from sercli.vad import VadConfig
 
 
@@ -60,6 +61,15 @@ def main() -> None:
         "degraded copies of today's TrainConfig (cached by the training run)",
     )
     parser.add_argument(
+        "--head-corpus",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="FOLDER",
+        help="another corpus the fold models were trained on (as training_options.py was given it, after RAVDESS): "
+        "+head also fits each fold's head on its clips of the fold's training speakers, as the recipe does",
+    )
+    parser.add_argument(
         "--baseline", action="store_true", help="add openSMILE eGeMAPS + LogReg, per speaker and global"
     )
     parser.add_argument("--condition", action="append", choices=sorted(CONDITIONS), help="default: all")
@@ -88,20 +98,22 @@ def main() -> None:
     if len(taken) > 1:
         parser.error(f"the fold models take different features, which one table cannot hold: {taken}")
     features = taken.pop() if taken else FeatureConfig()
-    copies = []
+    heads = None
     if any(grouping.endswith("+head") for _, _, grouping in specs):
         # imported here: sercli.training imports TensorFlow, which openSMILE's worker process (it imports
         # this module afresh) must not have beside it
         from sercli.training import TrainConfig, degraded_variants
 
-        copies = degraded_variants(clips, features, vad, TrainConfig(), args.cache, folds, log=log)
+        head_clips = clips + [clip for corpus in args.head_corpus for clip in find_clips(corpus)]
+        head_folds = corpus_folds(head_clips, args.folds)  # each corpus's own folds: RAVDESS's are `folds`
+        clean = cached_features(args.cache, {"variant": 0}, head_clips, features, vad)
+        copies = degraded_variants(head_clips, features, vad, TrainConfig(), args.cache, head_folds, log=log)
+        heads = fold_heads([clean, *copies], head_folds)
     systems = []
     for name, folder, grouping in specs:
         grouping, _, head = grouping.partition("+")
         predictors, priors, _ = loaded[folder]
-        systems.append(
-            CnnFolds(name, predictors, features, grouping or "speaker", priors, head == "head", copies if head else ())
-        )
+        systems.append(CnnFolds(name, predictors, features, grouping or "speaker", priors, heads if head else None))
     if args.baseline:
         systems.append(OpenSmileBaseline("openSMILE per speaker", per_speaker=True, cache=args.cache))
         systems.append(OpenSmileBaseline("openSMILE global", per_speaker=False, cache=args.cache))
@@ -115,6 +127,12 @@ def main() -> None:
     protocol += "".join(f"; {s.name}: {s.description}" for s in systems if isinstance(s, CnnFolds))
     if loaded:
         protocol += f"; fold models: {', '.join(loaded)} (benchmarks/training_options.py)"
+    if heads:
+        corpora = ", ".join(dict.fromkeys(clip.corpus for clip in head_clips))
+        protocol += (
+            f"; heads fitted on the clean and degraded clips ({corpora}) of every speaker a fold does not test, "
+            "its early-stopping speakers included"
+        )
     print(protocol + "\n")
     print(format_table(table, args.per_class))
     if args.json:

@@ -130,13 +130,9 @@ class CnnFolds:
         groups one folder of short clips of several speakers.
     priors : list of FrameStats, optional
         Fold ``k``'s prior (:func:`sercli.training.training_prior`); none for models trained without.
-    head : bool
-        Fuse each fold model with a functional head (:func:`sercli.fusion.fit_head`) fitted on the
-        fold's training clips, as :func:`sercli.training.cross_validate` does; its test
-        functionals are standardised over the same groups as the MFCCs.
-    copies : list of ClipFeatures
-        The degraded training copies of the clean clips (:func:`sercli.training.degraded_variants`
-        with the benchmark's folds, the fold models' own), fitted on with them.
+    heads : list of FunctionalHead, optional
+        Fold ``k``'s functional head (:func:`fold_heads`), fused with its model's output; its test
+        functionals are standardised over the same groups as the MFCCs. None: the network alone.
     """
 
     GROUPINGS: ClassVar[dict[str, str]] = {
@@ -154,20 +150,18 @@ class CnnFolds:
         features: FeatureConfig,
         grouping: str,
         priors=None,
-        head: bool = False,
-        copies: Sequence[ClipFeatures] = (),
+        heads: Sequence[FunctionalHead] | None = None,
     ):
         if grouping not in self.GROUPINGS:
             raise ValueError(f"grouping must be one of {', '.join(self.GROUPINGS)}, not {grouping!r}")
         self.name, self.predictors, self.features, self.grouping = name, predictors, features, grouping
-        self.priors, self.head, self.copies = priors or [None] * len(predictors), head, list(copies)
+        self.priors, self.heads = priors or [None] * len(predictors), heads
         self._windows: dict[str, object] = {}
-        self._heads: dict[int, FunctionalHead] = {}
 
     @property
     def description(self) -> str:
         """How the system labels a test clip, in words (for a benchmark's protocol)."""
-        return self.GROUPINGS[self.grouping] + (", fused with the head" if self.head else "")
+        return self.GROUPINGS[self.grouping] + (", fused with the head" if self.heads else "")
 
     def predict(self, fold, train, test, clean, data):
         if data.digest not in self._windows:
@@ -184,17 +178,41 @@ class CnnFolds:
             groups = normalization_groups(subset.clips, self.grouping)
             x = subset.normalized(self.grouping, prior)
         probabilities = clip_probabilities(self.predictors[fold](x), subset)
-        if not self.head:
+        if not self.heads:
             return probabilities.argmax(axis=1)
-        if fold not in self._heads:
-            labels = np.array([subset.labels.index(clean.clips[i].label) for i in train])
-            train_clips = [clean.clips[i] for i in train]
-            rows = [copy.functionals[train] for copy in [clean.features, *self.copies]]
-            self._heads[fold] = fit_head(
-                rows, labels, clip_groups(train_clips), len(subset.labels), balanced_weights(train_clips)
-            )
-        head = self._heads[fold]
+        head = self.heads[fold]
         return head.fused(probabilities, head_log_probabilities(head, subset.functionals, groups)).argmax(axis=1)
+
+
+def fold_heads(variants: Sequence[ClipFeatures], folds: list[list[str]]) -> list[FunctionalHead]:
+    """Each fold's functional head (:func:`sercli.fusion.fit_head`), fitted on the clips of every speaker
+    not tested in the fold, clean and degraded, weighted as the network's loss weighs them.
+
+    Parameters
+    ----------
+    variants : sequence of ClipFeatures
+        The clean clips, then their degraded training copies (:func:`sercli.training.degraded_variants`
+        with the fold models' own folds): the same clips in the same order, of every corpus the fold
+        models were trained on.
+    folds : list of list of str
+        Test speakers of each fold (:attr:`sercli.datasets.LabelledClip.group`).
+    """
+    clips = variants[0].clips
+    speakers, labels = clip_groups(clips), label_order({clip.label for clip in clips})
+    heads = []
+    for test_speakers in folds:
+        train = np.flatnonzero(~np.isin(speakers, test_speakers))
+        train_clips = [clips[i] for i in train]
+        heads.append(
+            fit_head(
+                [variant.functionals[train] for variant in variants],
+                np.array([labels.index(clip.label) for clip in train_clips]),
+                speakers[train],
+                len(labels),
+                balanced_weights(train_clips),
+            )
+        )
+    return heads
 
 
 class OpenSmileBaseline:
