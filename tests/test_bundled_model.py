@@ -33,12 +33,13 @@ def test_bundled_model_is_shipped_with_a_complete_card():
     assert len(cv["folds"]) == 5 and set(cv["pooled"]["by_corpus"]) == {"ravdess", "nemo"}
     assert cv["pooled"]["by_corpus"]["ravdess"]["n"] == 1200 and cv["pooled"]["by_corpus"]["nemo"]["n"] == 2235
     assert cv["calibration"] == calibration and "nemo-5fold.cv" in cv["protocol"]
-    robustness = card.metrics["robustness_5fold"]  # of fold models of its recipe on RAVDESS alone, its features
+    robustness = card.metrics["robustness_5fold"]  # its recipe's fold models (both corpora) on RAVDESS actors
     systems = robustness["unweighted_accuracy"]
     assert set(systems) >= {"bundled", "bundled, mixed", "bundled, per clip", "network only"}
     assert set(systems["bundled"]) >= {"clean", "white 10 dB", "telephone", "babble 10 dB"}
     assert "benchmarks/robustness.py" in robustness["command"] and "+head" in robustness["command"]
-    assert "fold models: runs/speaker-multi-ema-hop25-" in robustness["protocol"] and card.features["hop_length"] == 400
+    assert "fold models: runs/speaker-multi-ema-hop25-seed0-nemo-5fold.cv" in robustness["protocol"]
+    assert "--head-corpus ../shared/nemo" in robustness["command"] and card.features["hop_length"] == 400
     assert set(robustness["clean_recall"]["bundled"]) == set(EMOTIONS)
     assert load_classifier(bundled_model_path()).card.name == card.name
 
