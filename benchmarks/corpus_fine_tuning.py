@@ -24,22 +24,11 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from sercli.cross_validation import FOLD_FEATURES, fold_features, fold_model_path, read_prior, write_prior
 from sercli.datasets import corpus_folds, find_clips, fold_split
 from sercli.evaluation import cached_features, classification_metrics, predict_clips
 from sercli.model import ModelCard
-from sercli.training import (
-    FINE_TUNING_LEARNING_RATE,
-    FOLD_FEATURES,
-    BaseModel,
-    TrainConfig,
-    degraded_variants,
-    fit,
-    fold_features,
-    fold_model_path,
-    prior_fields,
-    read_prior,
-    write_prior,
-)
+from sercli.training import FINE_TUNING_LEARNING_RATE, BaseModel, TrainConfig, degraded_variants, fit, prior_fields
 from sercli.vad import VadConfig
 
 

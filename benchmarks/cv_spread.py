@@ -1,6 +1,6 @@
 """How much a cross-validation's figure depends on which speakers are tested.
 
-Reads a fold checkpoint of ``sercli.training.cross_validate`` (as ``sercli train`` or
+Reads a fold checkpoint of ``sercli.cross_validation.cross_validate`` (as ``sercli train`` or
 ``benchmarks/training_options.py`` leave it) and prints, for the clean test clips of all folds:
 each fold's UA; the pooled UA with a 95 % bootstrap interval over whole speakers; each
 speaker's UA; and the UA of every possible test set of ``--men`` men and ``--women`` women

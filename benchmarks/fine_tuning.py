@@ -32,20 +32,12 @@ import numpy as np
 
 from sercli import EMOTIONS
 from sercli.augment import CONDITIONS
+from sercli.cross_validation import fold_features, fold_folder, fold_model_path
 from sercli.datasets import find_clips
 from sercli.evaluation import cached_features, evaluate_clips, iter_clips
 from sercli.model import ModelCard
 from sercli.robustness import condition_data
-from sercli.training import (
-    FINE_TUNING_LEARNING_RATE,
-    BaseModel,
-    TrainConfig,
-    degraded_variants,
-    fit,
-    fold_features,
-    fold_folder,
-    fold_model_path,
-)
+from sercli.training import FINE_TUNING_LEARNING_RATE, BaseModel, TrainConfig, degraded_variants, fit
 from sercli.vad import VadConfig
 
 SYSTEMS = {

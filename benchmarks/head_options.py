@@ -8,7 +8,7 @@ hidden layers: clip-level UA on speakers it never heard, per corpus.
 
 The folds and training speakers are those of ``benchmarks/training_options.py`` with the same corpora
 (:func:`sercli.datasets.fold_split`: each fold's validation speakers left out, as
-:func:`sercli.training.cross_validate` leaves them out of the head), the clips clean and as the recipe's
+:func:`sercli.cross_validation.cross_validate` leaves them out of the head), the clips clean and as the recipe's
 degraded copies, each test speaker's clips one group. Heads (``--head NAME``, repeated; default all), each a
 weighting and a shape:
 
@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 from robustness import keras_predictors
 
+from sercli.cross_validation import fold_model_path
 from sercli.datasets import (
     LabelledClip,
     balanced_weights,
@@ -48,7 +49,7 @@ from sercli.datasets import (
 from sercli.evaluation import cached_features, classification_metrics, clip_probabilities, standardize_groups
 from sercli.features import FeatureConfig
 from sercli.fusion import HIDDEN_UNITS, fit_head, head_log_probabilities
-from sercli.training import TrainConfig, degraded_variants, fold_model_path
+from sercli.training import TrainConfig, degraded_variants
 from sercli.vad import VadConfig
 
 

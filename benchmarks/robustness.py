@@ -33,11 +33,11 @@ from sercli.vad import VadConfig
 def keras_predictors(folder: Path, folds: int) -> tuple[list, list, FeatureConfig]:
     """One batched predict function per fold model in ``folder``, each fold's prior
     (``fold-<k>.prior.json``; none for models trained before priors) and the features the fold models
-    take (``features.json``, as :func:`sercli.training.cross_validate` records them)."""
+    take (``features.json``, as :func:`sercli.cross_validation.cross_validate` records them)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
-    from sercli.training import fold_features, fold_model_path, read_prior  # TensorFlow: not at the top
+    from sercli.cross_validation import fold_features, fold_model_path, read_prior  # TensorFlow: not at the top
 
     paths = [fold_model_path(folder, k) for k in range(folds)]
     models = [keras.models.load_model(path, compile=False) for path in paths]

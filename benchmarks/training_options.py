@@ -18,10 +18,11 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from sercli.cross_validation import cross_validate
 from sercli.datasets import corpus_folds, find_clips
 from sercli.evaluation import cached_features
 from sercli.features import FeatureConfig
-from sercli.training import TrainConfig, cross_validate, degraded_variants
+from sercli.training import TrainConfig, degraded_variants
 from sercli.vad import VadConfig
 
 HOP10 = TrainConfig(prior_frames=1000, window_hop_frames=50, epochs=30, min_epochs=10, patience=6)

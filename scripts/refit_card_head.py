@@ -11,7 +11,7 @@ copies the card's training settings make (found in the cache when the training r
 
 A new head needs a new temperature. With ``--cv``, the fold models of a leave-speakers-out cross-validation of
 the model's recipe on the same corpora (``benchmarks/training_options.py`` or ``sercli train --cv-folds``), each
-fold's network is fused with a head fitted on that fold's training clips, as :func:`sercli.training.cross_validate`
+fold's network is fused with a head fitted on that fold's training clips, as :func:`sercli.cross_validation.cross_validate`
 does, and the temperature is fitted on all folds' held-out clips (``training.calibration``). The folds' figures
 go into the card as ``sercli train --cv-folds`` puts them there (``metrics.cross_validation``, by corpus with
 several), so the card states what its own recipe scores. Without ``--cv`` the head is left uncalibrated
@@ -26,20 +26,12 @@ from dataclasses import asdict, replace
 from datetime import date
 from pathlib import Path
 
+from sercli.cross_validation import fold_features, fold_model_path, fold_summary, held_out_record, read_prior
 from sercli.datasets import corpus_folds, find_clips, fold_split, natural_key
 from sercli.evaluation import cached_features
 from sercli.model import ModelCard
-from sercli.training import (
-    TrainConfig,
-    degraded_variants,
-    fold_features,
-    fold_model_path,
-    fold_summary,
-    head_provenance,
-    held_out_record,
-    read_prior,
-    training_head,
-)
+from sercli.recipe import head_provenance
+from sercli.training import TrainConfig, degraded_variants, training_head
 from sercli.vad import VadConfig
 
 
@@ -81,9 +73,9 @@ def main() -> None:
 
 
 def recipe_cross_validation(folder, n_folds, clips, clean, card, config, cache) -> dict:
-    """The card's recipe's cross-validation (:func:`sercli.training.fold_summary`) from the fold models in
+    """The card's recipe's cross-validation (:func:`sercli.cross_validation.fold_summary`) from the fold models in
     ``folder``: each fused with a head fitted on its fold's training speakers, as
-    :func:`sercli.training.cross_validate` scores them, and calibrated on all folds' held-out clips."""
+    :func:`sercli.cross_validation.cross_validate` scores them, and calibrated on all folds' held-out clips."""
     import keras
 
     features, vad = card.feature_config, VadConfig(**card.training["vad"])

@@ -443,7 +443,8 @@ def train(
     except ModelError as error:
         raise fail(str(error)) from None
     _quiet_tensorflow()
-    from sercli.training import TrainConfig, train_sources
+    from sercli.recipe import train_sources
+    from sercli.training import TrainConfig
 
     started = time.monotonic()
     try:

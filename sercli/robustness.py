@@ -6,7 +6,7 @@ was trained on other speakers (clean clips) and labels the fold's test speakers'
 clips under each condition. Babble is made of the other test speakers of the same
 fold. Two kinds of system are compared side by side:
 
-- :class:`CnnFolds`: the CNN-BiLSTM fold models of :func:`sercli.training.cross_validate`,
+- :class:`CnnFolds`: the CNN-BiLSTM fold models of :func:`sercli.cross_validation.cross_validate`,
   on MFCC windows normalised over each speaker's clips (``speaker``), each clip
   (``recording``) or not at all (``none``);
 - :class:`OpenSmileBaseline`: openSMILE eGeMAPSv02 functionals with a logistic

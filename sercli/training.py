@@ -6,58 +6,32 @@ validation and test speakers are never heard in training. Training is
 multi-condition (clean clips and randomly degraded copies, :mod:`sercli.augment`)
 and, by default, on MFCCs standardised over groups of a speaker's clips
 (:mod:`sercli.normalization`), as ``annotate`` standardises a recording or a folder.
+
+This module trains one network (:func:`fit`) and fits what goes beside it (:func:`training_head`,
+:func:`training_prior`); :mod:`sercli.cross_validation` runs it fold by fold, and :mod:`sercli.recipe`
+is a whole ``sercli train`` run.
 """
 
 from __future__ import annotations
 
 import math
-import platform
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from sercli import __version__
 from sercli.architecture import build_cnn_bilstm, fine_tuning_model
-from sercli.audio import AudioError
 from sercli.augment import AugmentConfig, random_degradation
-from sercli.datasets import (
-    DatasetError,
-    LabelledClip,
-    balanced_weights,
-    clip_groups,
-    corpus_folds,
-    fold_split,
-    label_counts,
-    label_order,
-    load_clips,
-    natural_key,
-)
-from sercli.evaluation import (
-    ClipFeatures,
-    Log,
-    WindowSet,
-    cached_features,
-    classification_metrics,
-    evaluate_clips,
-    evaluate_windows,
-    group_moments,
-    iter_clips,
-    metrics_with_interval,
-    normalization_groups,
-    predict_clips,
-)
-from sercli.export import save_model
+from sercli.datasets import LabelledClip, balanced_weights, clip_groups, natural_key
+from sercli.evaluation import ClipFeatures, Log, WindowSet, cached_features, evaluate_windows, group_moments, iter_clips
 from sercli.features import FeatureConfig
-from sercli.fusion import FunctionalHead, calibration_error, fit_head, fit_temperature, fuse, head_log_probabilities
-from sercli.model import ModelCard, ModelError, bundled_model_path, file_sha256
+from sercli.fusion import FunctionalHead, fit_head
+from sercli.model import ModelCard, ModelError
 from sercli.normalization import PRIOR_FRAMES, FrameStats
 from sercli.vad import VadConfig
-from sercli.writers import atomic_output
 
 
 @dataclass(frozen=True)
@@ -136,8 +110,12 @@ class TrainConfig:
 
 
 TRAIN_NORMALIZATIONS = ("speaker", "none")
+
+
 LEARNING_RATE = 1e-3
 """Adam's learning rate training afresh."""
+
+
 FINE_TUNING_LEARNING_RATE = 3e-4
 """Adam's learning rate when fine-tuning a trained model: a third of training afresh, so
 the first epochs on a few hundred clips do not undo what the model knows."""
@@ -240,265 +218,6 @@ def fit(
     return model, history.summary()
 
 
-def cross_validate(
-    training: list[WindowSet],
-    data: WindowSet,
-    folds: list[list[str]],
-    config: TrainConfig,
-    features: FeatureConfig,
-    checkpoint: Path,
-    log: Log = lambda _: None,
-    base: BaseModel | None = None,
-) -> dict:
-    """Leave-speakers-out cross-validation.
-
-    For each fold, its speakers are the test set; of the remaining speakers of
-    each corpus, :func:`sercli.datasets.validation_speakers` are the early-stopping
-    validation set and the rest are trained on. With several corpora the pooled
-    metrics have each corpus's too (``by_corpus``). Finished folds are stored in the
-    JSON file ``checkpoint``, and each fold's model beside it
-    (``<checkpoint stem>/fold-<k>.keras``, kept for the robustness benchmark), so
-    a restarted run does not redo them. The folder's ``features.json`` records the
-    features the fold models take (:meth:`FeatureConfig.to_dict`); a restarted run
-    whose features differ stops rather than mix fold models.
-
-    Parameters
-    ----------
-    training : list of WindowSet
-        Windows of all clips cut for training (see ``TrainConfig.window_hop_frames``):
-        clean, then each degraded variant.
-    data : WindowSet
-        Clean windows of all clips as annotation cuts them: validation and test.
-    folds : list of list of str
-        Test speakers (:attr:`LabelledClip.group`) of each fold.
-    features : FeatureConfig
-        The features ``training`` and ``data`` were made with.
-    base : BaseModel, optional
-        Each fold fine-tunes this model (see :func:`fit`).
-
-    Returns
-    -------
-    dict
-        :func:`fold_summary` of the folds: ``folds`` (per-fold metrics, test speakers, best epoch),
-        ``pooled`` (over all folds' test clips together), ``mean_ua``, ``std_ua`` and ``calibration``.
-    """
-    import json
-
-    done = json.loads(checkpoint.read_text()) if checkpoint.exists() else {}
-    folder = fold_folder(checkpoint)
-    if not (folder / FOLD_FEATURES).exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        with atomic_output(folder / FOLD_FEATURES) as partial:
-            partial.write_text(json.dumps(features.to_dict()))
-    elif fold_features(folder) != features:
-        raise ModelError(f"{folder / FOLD_FEATURES}: the fold models there take other features than {features}")
-    for k, test_speakers in enumerate(folds):
-        train_speakers, val_speakers = fold_split(data.clips, test_speakers)
-        if str(k) not in done:
-            log(f"fold {k + 1}/{len(folds)}: test speakers {test_speakers}, validation {val_speakers}")
-            train = [variant.for_speakers(train_speakers) for variant in training]
-            validation = data.for_speakers(val_speakers) if val_speakers else None
-            model, history = fit(train, validation, config, log, base)
-            fold_model = fold_model_path(folder, k)
-            model.save(fold_model)
-            prior = training_prior(train[0], config, base)
-            write_prior(prior, fold_model.with_suffix(".prior.json"))
-            test = data.for_speakers(test_speakers)
-            done[str(k)] = held_out_record(
-                model, prior, train, test, config, test_speakers, val_speakers, history["best_epoch"]
-            )
-            with atomic_output(checkpoint) as partial:
-                partial.write_text(json.dumps(done))
-        fold = done[str(k)]
-        metrics = classification_metrics(np.array(fold["true"]), np.array(fold["predicted"]), data.labels)
-        log(f"fold {k + 1}: UA {metrics['unweighted_accuracy']:.3f}, accuracy {metrics['accuracy']:.3f}")
-    records = [done[str(k)] for k in range(len(folds))]
-    test_clips = [data.for_speakers(test_speakers).clips for test_speakers in folds]
-    return fold_summary(records, test_clips, data.labels, _eval_normalization(config))
-
-
-def fold_summary(
-    records: list[dict],
-    test_clips: list[list[LabelledClip]],
-    labels: list[str],
-    normalization: str,
-    source: str = "",
-) -> dict:
-    """A cross-validation's figures from its folds' held-out outputs, as :func:`cross_validate` returns them.
-
-    Parameters
-    ----------
-    records : list of dict
-        One per fold: ``test_speakers``, ``validation_speakers``, ``best_epoch``, ``true`` and ``predicted``
-        (label indices of its test clips: fused), optionally ``predicted_network`` (the network alone) and
-        ``probabilities`` (fused, at temperature 1, shape ``(n_test_clips, n_labels)``).
-    test_clips : list of list of LabelledClip
-        Each fold's test clips, in the order of its ``true``.
-    normalization : str
-        How the test clips were standardised, for the protocol.
-    source : str
-        Where the folds come from, for the calibration; default ``"<k>-fold cross-validation"``.
-
-    Returns
-    -------
-    dict
-        ``protocol``, ``mean_ua`` and ``std_ua`` over folds, ``pooled`` (metrics over all folds' test clips
-        together, with a 95 % bootstrap interval on UA: :func:`sercli.evaluation.metrics_with_interval`;
-        ``network_only_ua`` when every fold has the network's output; ``by_corpus`` with several corpora),
-        ``folds`` (speakers, best epoch and metrics of each), and ``calibration`` (:func:`fused_calibration`)
-        when every fold has its probabilities.
-    """
-    for record in records:
-        record["metrics"] = classification_metrics(np.array(record["true"]), np.array(record["predicted"]), labels)
-    fold_ua = [record["metrics"]["unweighted_accuracy"] for record in records]
-    true_all = np.concatenate([record["true"] for record in records]).astype(int)
-    predicted_all = np.concatenate([record["predicted"] for record in records]).astype(int)
-    clips_all = [clip for clips in test_clips for clip in clips]
-    pooled = metrics_with_interval(true_all, predicted_all, clips_all, labels)
-    network = np.concatenate([record.get("predicted_network", []) for record in records]).astype(int)
-    if len(network) == len(true_all):  # folds checkpointed before the head have none
-        pooled["network_only_ua"] = classification_metrics(true_all, network, labels)["unweighted_accuracy"]
-    held_out = [record.get("probabilities") for record in records]
-    calibration = (  # folds checkpointed before calibration have no probabilities
-        None
-        if any(probabilities is None for probabilities in held_out)
-        else fused_calibration(np.concatenate(held_out), true_all, source or f"{len(records)}-fold cross-validation")
-    )
-    corpora = np.array([clip.corpus or "" for clip in clips_all])
-    if len(set(corpora)) > 1:
-        pooled["by_corpus"] = {
-            corpus: metrics_with_interval(
-                true_all[corpora == corpus],
-                predicted_all[corpora == corpus],
-                [c for c, of in zip(clips_all, corpora) if of == corpus],
-                labels,
-            )
-            for corpus in dict.fromkeys(corpora)
-        }
-    return {
-        "protocol": f"{len(records)}-fold leave-speakers-out, clip level (mean of window probabilities "
-        f"fused with the functional head's), test clips normalised per {normalization}",
-        "mean_ua": float(np.mean(fold_ua)),
-        "std_ua": float(np.std(fold_ua)),
-        "pooled": pooled,
-        "folds": [
-            {key: record[key] for key in ("test_speakers", "validation_speakers", "best_epoch", "metrics")}
-            for record in records
-        ],
-    } | ({"calibration": calibration} if calibration else {})
-
-
-def held_out_record(
-    model: keras.Model,
-    prior: FrameStats,
-    train: list[WindowSet],
-    test: WindowSet,
-    config: TrainConfig,
-    test_speakers: list[str],
-    validation_speakers: list[str],
-    best_epoch: int | None,
-) -> dict:
-    """A cross-validation fold's record, as :func:`cross_validate` checkpoints it and :func:`fold_summary`
-    reads it: its speakers and best epoch, and its test clips' labels and predictions, fused and by the network
-    alone, with the fused probabilities (:func:`held_out_probabilities`), all JSON-ready. The probabilities are
-    kept whole: rounded, the smallest became 0, and the temperature fitted on them moved (2.73 for 2.71)."""
-    network, fused = held_out_probabilities(model, prior, train, test, config)
-    return {
-        "test_speakers": test_speakers,
-        "validation_speakers": validation_speakers,
-        "best_epoch": best_epoch,
-        "true": test.clip_labels.tolist(),
-        "predicted": fused.argmax(axis=1).tolist(),
-        "predicted_network": network.argmax(axis=1).tolist(),
-        "probabilities": fused.tolist(),
-    }
-
-
-def held_out_probabilities(
-    model: keras.Model,
-    prior: FrameStats,
-    train: list[WindowSet],
-    test: WindowSet,
-    config: TrainConfig,
-) -> tuple[np.ndarray, np.ndarray]:
-    """A cross-validation fold's figures: its network's clip probabilities on the test clips, alone and fused
-    with a head fitted on the fold's training clips (:func:`training_head`, at temperature 1).
-
-    Parameters
-    ----------
-    model : keras.Model
-        The fold's network.
-    prior : FrameStats
-        The fold network's prior (:func:`training_prior`).
-    train : list of WindowSet
-        The fold's training clips, clean then each degraded copy.
-    test : WindowSet
-        Its test clips, standardised over their speaker (for ``speaker`` normalisation).
-
-    Returns
-    -------
-    network, fused : np.ndarray, each of shape (n_test_clips, n_labels)
-    """
-    normalization = _eval_normalization(config)
-    network = predict_clips(lambda w: _predict(model, w), test, normalization, prior)
-    head = training_head(train)
-    groups = normalization_groups(test.clips, normalization)
-    return network, head.fused(network, head_log_probabilities(head, test.functionals, groups))
-
-
-def fused_calibration(probabilities: np.ndarray, labels: np.ndarray, source: str) -> dict:
-    """The temperature of the fused output (:func:`sercli.fusion.fit_temperature`), fitted on clips that
-    neither the network nor the head was trained on, as a card's ``training.calibration``.
-
-    Parameters
-    ----------
-    probabilities : np.ndarray, shape (n, n_labels)
-        Their fused probabilities at temperature 1.
-    labels : np.ndarray of int, shape (n,)
-    source : str
-        Where they come from, in words.
-
-    Returns
-    -------
-    dict
-        ``temperature``, ``fitted_on`` (``source``), ``clips`` and ``calibration_error``: before and after
-        (:func:`sercli.fusion.calibration_error`, on the same clips).
-    """
-    temperature = fit_temperature(probabilities, labels)
-    tempered = fuse(probabilities, np.zeros_like(probabilities), 0.0, temperature)  # no head: only the temperature
-    return {
-        "temperature": round(temperature, 4),
-        "fitted_on": source,
-        "clips": len(labels),
-        "calibration_error": [
-            round(calibration_error(probabilities, labels), 4),
-            round(calibration_error(tempered, labels), 4),
-        ],
-    }
-
-
-FOLD_FEATURES = "features.json"
-"""The file beside :func:`cross_validate`'s fold models that records the features they take."""
-
-
-def fold_folder(checkpoint: Path) -> Path:
-    """Where :func:`cross_validate` keeps the fold models of ``checkpoint``: ``<checkpoint stem>``."""
-    return checkpoint.with_suffix("")
-
-
-def fold_features(folder: Path) -> FeatureConfig:
-    """The features the fold models in ``folder`` (see :func:`fold_folder`) take."""
-    import json
-
-    return FeatureConfig(**json.loads((folder / FOLD_FEATURES).read_text()))
-
-
-def fold_model_path(folder: Path, fold: int) -> Path:
-    """Where :func:`cross_validate` keeps fold ``fold``'s (0-based) model in its fold folder (see
-    :func:`fold_folder`), its prior beside it (``fold-<k>.prior.json``: see :func:`write_prior`)."""
-    return folder / f"fold-{fold}.keras"
-
-
 def training_head(train: list[WindowSet]) -> FunctionalHead:
     """The functional head (:func:`sercli.fusion.fit_head`) of the training clips, clean and each degraded
     copy (``train``: the same clips, as :func:`fit` takes them), standardised over each speaker's clips
@@ -532,91 +251,12 @@ def prior_fields(prior: FrameStats) -> dict:
     return {"frames": prior.count, "mean": prior.mean.tolist(), "std": prior.std.tolist()}
 
 
-def write_prior(prior: FrameStats, path: Path) -> None:
-    """Store a fold model's prior (:func:`prior_fields`) as JSON, for benchmarks that evaluate fold models."""
-    import json
-
-    path.write_text(json.dumps(prior_fields(prior)))
-
-
-def read_prior(path: Path) -> FrameStats | None:
-    """Inverse of :func:`write_prior`; ``None`` when there is no such file (fold models trained before
-    priors) or it holds no frame."""
-    import json
-
-    fields = json.loads(path.read_text()) if path.exists() else {}
-    return FrameStats.of_moments(fields["mean"], fields["std"], fields["frames"]) if fields else None
-
-
-def _eval_normalization(config: TrainConfig) -> str:
+def held_out_normalization(config: TrainConfig) -> str:
     """How held-out clips are normalised for a model trained with ``config``: over their speaker, or not."""
     return "speaker" if config.normalization == "speaker" else "none"
 
 
-def training_card(
-    name: str,
-    features: FeatureConfig,
-    vad: VadConfig,
-    config: TrainConfig,
-    train: WindowSet,
-    validation: list[str],
-    data: str,
-    data_sha256: str,
-    prior: FrameStats,
-    base: BaseModel | None = None,
-) -> ModelCard:
-    """A model card describing a training run (metrics are added by the caller).
-
-    ``data`` says what was trained on (a corpus with its credit, or a labels table).
-    """
-    training = {
-        "data": data,
-        "data_sha256": data_sha256,
-        "training_speakers": (
-            sorted({clip.group for clip in train.clips}, key=natural_key)
-            if all(clip.speaker is not None for clip in train.clips)
-            else f"unknown ({len({clip.path for clip in train.clips})} recordings)"
-        ),
-        "validation_speakers": validation,
-        "clips": len(train.clips),
-        "label_counts": label_counts(train.clips),
-        "windows": len(train.windows),
-        "vad": asdict(vad),
-        "hyperparameters": asdict(config),
-        "versions": {
-            "sercli": __version__,
-            "tensorflow": tf.__version__,
-            "keras": keras.__version__,
-            "numpy": np.__version__,
-            "python": platform.python_version(),
-        },
-    }
-    if base is not None:
-        training["fine_tuned_from"] = {"name": base.card.name, "sha256": base.card.sha256, "labels": base.card.labels}
-    return ModelCard(
-        name=name,
-        version=__version__,
-        labels=list(train.labels),
-        features=features.to_dict(),
-        normalization=config.normalization,
-        normalization_prior=prior_fields(prior),
-        training=training,
-    )
-
-
-def data_digest(clips: list[LabelledClip]) -> str:
-    """SHA-256 over the clips' names, contents, labels, speakers and parts: which data a model saw."""
-    import hashlib
-    import json
-
-    digest = hashlib.sha256()
-    for clip in sorted(clips, key=lambda c: (c.path.name, c.start_s or 0.0)):
-        fields = [clip.path.name, file_sha256(clip.path), clip.label, clip.speaker, clip.start_s, clip.end_s]
-        digest.update(json.dumps(fields).encode())
-    return digest.hexdigest()
-
-
-def _predict(model, windows: np.ndarray) -> np.ndarray:
+def predict_windows(model, windows: np.ndarray) -> np.ndarray:
     return model.predict(windows[..., None], batch_size=256, verbose=0)
 
 
@@ -636,7 +276,10 @@ class _EpochLog(keras.callbacks.Callback):
         logs = logs if logs is not None else {}
         if self.validation is not None:
             metrics = evaluate_windows(
-                lambda w: _predict(self.model, w), self.validation, _eval_normalization(self.config), self.prior
+                lambda w: predict_windows(self.model, w),
+                self.validation,
+                held_out_normalization(self.config),
+                self.prior,
             )
             logs["val_ua"] = metrics["unweighted_accuracy"]
             logs["val_accuracy"] = metrics["accuracy"]
@@ -805,244 +448,3 @@ def degraded_variants(
         key = {"variant": v, "seed": config.seed, "augment": asdict(augment), "babble_folds": folds}
         variants.append(cached_features(cache, key, clips, features, vad, degrade, log))
     return variants
-
-
-MIN_LABEL_CLIPS = 3
-"""Fewest training clips of a label that training accepts: fewer is a typo in a label or a label
-no model can learn from."""
-
-
-def training_labels(clips: list[LabelledClip], base: BaseModel | None = None) -> list[str]:
-    """The output labels of a model trained on ``clips``: :func:`sercli.datasets.label_order`,
-    or the base model's order when fine-tuning on exactly its labels."""
-    found = {clip.label for clip in clips}
-    if base is not None and found == set(base.card.labels):
-        return list(base.card.labels)
-    return label_order(found)
-
-
-def train_model(
-    clips: list[LabelledClip],
-    output: Path,
-    features: FeatureConfig,
-    vad: VadConfig,
-    config: TrainConfig,
-    validation: list[str] = (),
-    cv_folds: int = 0,
-    cache: Path | None = None,
-    log: Log = lambda _: None,
-    base: BaseModel | None = None,
-    data: str = "",
-) -> ModelCard:
-    """Train a model on labelled clips and save it (``.keras`` and LiteRT) with its card.
-
-    Parameters
-    ----------
-    clips : list of LabelledClip
-        From :func:`sercli.datasets.load_clips`. When some have a ``split``,
-        that split is used (unmarked clips train) and no cross-validation runs.
-    output : Path
-        Where the ``.keras`` weights go; the card goes beside them (``.json``).
-    validation : list of str
-        Speakers held out for early stopping and the card's validation metrics. Empty:
-        every speaker is trained on, for the median best epoch count of the
-        cross-validation (or ``config.epochs`` without one).
-    cv_folds : int
-        0 for none, else leave-speakers-out cross-validation with this many folds
-        first; its figures go into the card. Finished folds are checkpointed in
-        ``output`` + ``.cv.json`` until the model is saved; the fold models stay in
-        ``output`` + ``.cv/`` for the robustness benchmark.
-    cache : Path, optional
-        Folder keeping the clips' features (clean and degraded) between runs.
-    base : BaseModel, optional
-        Fine-tune this model instead of training a fresh one; its features and
-        normalisation are used.
-    data : str
-        What the clips are, for the card (a corpus and its credit, or a table's name).
-
-    Returns
-    -------
-    ModelCard
-        The card written beside the model.
-
-    Raises
-    ------
-    DatasetError
-        If a label has fewer than :data:`MIN_LABEL_CLIPS` training clips, there is
-        only one label, or the validation speakers are not in the data.
-    ModelError
-        If ``base`` was trained on other features or another normalisation.
-    """
-    config = replace(config, learning_rate=learning_rate(config, base))  # as the card records it
-    if base is not None:
-        if base.card.feature_config != features:
-            raise ModelError(f"{base.path} was trained on other features ({base.card.features})")
-        if base.card.normalization != config.normalization:
-            raise ModelError(
-                f"{base.path} was trained with {base.card.normalization} normalisation, not {config.normalization}"
-            )
-    labels = training_labels(clips, base)
-    speakers = sorted({clip.group for clip in clips}, key=natural_key)
-    split = _fixed_split(clips, validation, cv_folds, log)
-    if split is not None:
-        train_speakers, validation, cv_folds = split["train"], split["validation"], 0
-    else:
-        validation = _known_speakers(validation, speakers)
-        train_speakers = [s for s in speakers if s not in validation]
-    # before the folds: a missing label's error is the one to see
-    _check_label_counts([c for c in clips if c.group in set(train_speakers)], labels)
-    if split is not None:
-        folds = [fold for fold in split.values() if fold]  # babble stays within a split
-    else:
-        folds = corpus_folds(clips, cv_folds) if cv_folds else [speakers]
-    output.parent.mkdir(parents=True, exist_ok=True)
-    clean = cached_features(cache, {"variant": 0}, clips, features, vad, log=log)
-    copies = degraded_variants(clips, features, vad, config, cache, folds, log=log)
-    everything = clean.windows(features.window_frames, features.window_hop_frames, labels)
-    training = [f.windows(features.window_frames, config.window_hop_frames, labels) for f in [clean, *copies]]
-    log(f"{len(clips)} clips, {len(training[0].windows)} training windows x {len(training)} variants, labels {labels}")
-    metrics = {}
-    if cv_folds:
-        checkpoint = output.with_name(output.name + ".cv.json")
-        metrics["cross_validation"] = cross_validate(
-            training, everything, folds, config, features, checkpoint, log, base
-        )
-        if not validation:
-            best = [fold["best_epoch"] for fold in metrics["cross_validation"]["folds"]]
-            config = replace(config, epochs=int(np.median(best)))
-    train = [variant.for_speakers(train_speakers) for variant in training]
-    held_out = everything.for_speakers(validation) if validation else None
-    log(f"final model: training on {len(train_speakers)} speakers for up to {config.epochs} epochs")
-    model, history = fit(train, held_out, config, log, base)
-    normalization, prior = _eval_normalization(config), training_prior(train[0], config, base)
-    head = training_head(train)
-    predict = lambda w: _predict(model, w)
-    calibration = metrics.get("cross_validation", {}).get("calibration")
-    if calibration is None and held_out is not None:
-        fused = predict_clips(predict, held_out, normalization, prior, head=head)
-        calibration = fused_calibration(fused, held_out.clip_labels, "the validation speakers")
-    if calibration is not None:
-        head = replace(head, temperature=calibration["temperature"])
-    if held_out is not None:
-        metrics["validation"] = evaluate_clips(predict, held_out, normalization, prior=prior, head=head)
-    if split is not None and split["test"]:
-        test = everything.for_speakers(split["test"])
-        metrics["test"] = evaluate_clips(predict, test, normalization, prior=prior, head=head)
-    card = training_card(
-        output.stem, features, vad, config, train[0], validation, data, data_digest(clips), prior, base
-    )
-    card.functional_head = head.to_dict()
-    card.training["functional_head"] = head_provenance(train, head)
-    if calibration is not None:
-        card.training["calibration"] = calibration
-    card.training["epochs_run"] = history["epochs_run"]
-    card.training["best_epoch"] = history["best_epoch"]
-    card.metrics = metrics
-    check = everything.normalized(normalization, prior)
-    save_model(model, output, card, check[:: max(1, len(check) // 512)])
-    if cv_folds:
-        checkpoint.unlink(missing_ok=True)
-    return card
-
-
-def head_provenance(train: list[WindowSet], head: FunctionalHead) -> str:
-    """What a card says of ``head``, fitted by :func:`training_head` on ``train`` (clean, then copies)."""
-    return (
-        f"{head.architecture}, fitted on {len(train[0].clips)} training clips, clean and as {len(train) - 1} degraded copies, "
-        "every corpus and every class within it weighing alike"
-    )
-
-
-def train_sources(
-    sources: Sequence[str | Path],
-    output: str | Path,
-    config: TrainConfig | None = None,
-    *,
-    layout: str | None = None,
-    base: str | Path | None = None,
-    validation: Sequence[str] = (),
-    cv_folds: int = 5,
-    cache: Path | None = None,
-    log: Log = lambda _: None,
-) -> ModelCard:
-    """Train on labels tables and corpus folders, as ``sercli train`` does (:func:`train_model`).
-
-    Parameters
-    ----------
-    sources : sequence of str or Path
-        Labels tables (``.csv``/``.parquet``) and corpus folders (:func:`sercli.datasets.load_clips`,
-        ``layout`` for the folders); several corpora are balanced and every fold tests each.
-    base : str or Path, optional
-        Fine-tune this ``.keras`` model, or ``"bundled"``; its features are used.
-
-    Raises
-    ------
-    ValueError
-        One line: a source or label that cannot be used (a training error names the sources);
-        ``ModelError`` for a base model that cannot be.
-    """
-    config = config or TrainConfig()
-    starting_point = None
-    if base is not None:
-        starting_point = BaseModel.load(bundled_model_path(".keras") if str(base) == "bundled" else Path(base))
-    loaded = [load_clips(source, layout) for source in sources]
-    clips = [clip for found, _ in loaded for clip in found]
-    features = FeatureConfig() if starting_point is None else starting_point.card.feature_config
-    try:
-        return train_model(
-            clips,
-            Path(output),
-            features,
-            VadConfig(),
-            config,
-            list(validation),
-            cv_folds,
-            cache,
-            log,
-            starting_point,
-            " + ".join(description for _, description in loaded),
-        )
-    except (ValueError, AudioError) as error:
-        raise ValueError(f"{' + '.join(map(str, sources))}: {error}") from None
-
-
-def _fixed_split(clips: list[LabelledClip], validation: list[str], cv_folds: int, log: Log) -> dict | None:
-    """The speakers of each split when the clips fix one (``train``, ``validation``, ``test``), else ``None``."""
-    if not any(clip.split for clip in clips):
-        return None
-    if validation:
-        raise DatasetError("the labels table fixes the split: leave out the validation speakers")
-    if cv_folds:
-        log("the labels table fixes the split: no cross-validation")
-    return {
-        name: sorted({c.group for c in clips if (c.split or "train") == name}, key=natural_key)
-        for name in ("train", "validation", "test")
-    }
-
-
-def _known_speakers(requested: list[str], speakers: list[str]) -> list[str]:
-    """The requested speakers as the data names them; ``"5"`` finds ``"05"``.
-
-    Raises
-    ------
-    DatasetError
-        If one is not in the data.
-    """
-    found = []
-    for name in requested:
-        matches = [s for s in speakers if s == name or (s.isdigit() and name.isdigit() and int(s) == int(name))]
-        if not matches:
-            raise DatasetError(f"validation speaker '{name}' has no clips")
-        found.append(matches[0])
-    return found
-
-
-def _check_label_counts(train: list[LabelledClip], labels: list[str]) -> None:
-    counts = label_counts(train)
-    if len(labels) < 2:
-        raise DatasetError(f"training needs two or more labels, found only {labels}")
-    for label in labels:
-        if counts.get(label, 0) < MIN_LABEL_CLIPS:
-            raise DatasetError(
-                f"label '{label}' has {counts.get(label, 0)} training clips; each label needs at least {MIN_LABEL_CLIPS}"
-            )

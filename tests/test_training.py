@@ -130,7 +130,7 @@ def test_train_cross_validates_by_actor_and_writes_model_and_card(ravdess, tmp_p
     assert "| condition | tiny | tiny fused | openSMILE per speaker | openSMILE global |" in table
     assert "| clean | " in table and "| telephone | " in table
     # ... with the features the fold models were trained on, which their folder records
-    from sercli.training import fold_features
+    from sercli.cross_validation import fold_features
 
     assert fold_features(Path(f"{out}.cv")) == card.feature_config
     # ... and the fine-tuning benchmark fine-tunes each of them into fold models laid out the same way
@@ -275,9 +275,10 @@ def test_a_folds_held_out_clips_are_fused_as_evaluation_fuses_them(ravdess, norm
     import keras
 
     from sercli.architecture import build_cnn_bilstm
+    from sercli.cross_validation import held_out_probabilities, held_out_record
     from sercli.evaluation import extract_features, predict_clips
     from sercli.features import FeatureConfig
-    from sercli.training import TrainConfig, held_out_probabilities, held_out_record, training_head, training_prior
+    from sercli.training import TrainConfig, training_head, training_prior
     from sercli.vad import VadConfig
 
     keras.utils.set_random_seed(0)
@@ -322,9 +323,10 @@ def test_cv_spread_scores_folds_speakers_and_every_test_set(ravdess, tmp_path):
 
 
 def test_a_resumed_cross_validation_refuses_other_features_than_its_fold_models_take(tmp_path):
+    from sercli.cross_validation import cross_validate, fold_features
     from sercli.features import FeatureConfig
     from sercli.model import ModelError
-    from sercli.training import TrainConfig, cross_validate, fold_features
+    from sercli.training import TrainConfig
 
     checkpoint = tmp_path / "run.cv.json"
     (tmp_path / "run.cv").mkdir()
@@ -358,8 +360,8 @@ def test_sercli_train_defaults_are_the_training_configs():
 
 
 def test_a_cross_validation_summary_gives_each_corpus_its_own_figures():
+    from sercli.cross_validation import fold_summary
     from sercli.datasets import LabelledClip
-    from sercli.training import fold_summary
 
     labels = ["neutral", "happy"]
 
