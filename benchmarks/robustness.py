@@ -8,6 +8,12 @@ condition of ``sercli.augment.CONDITIONS``:
     python benchmarks/robustness.py ../shared/ravdess --folds 5 \\
         --cnn bundled=models/sercli-cnn-bilstm.keras.cv --baseline --cache runs/cache
 
+Another corpus the fold models were trained on is tested the same way, on its own speakers' folds; the heads
+are fitted on every corpus of the training run, named in its order (babble needs two test speakers a fold):
+
+    python benchmarks/robustness.py ../shared/nemo --folds 5 --head-corpus ../shared/ravdess \
+        --head-corpus ../shared/nemo --cnn "bundled=runs/speaker-multi-ema-hop25-seed0-nemo-5fold.cv:speaker+head"
+
 Prints one Markdown table (rows: conditions; columns: systems), per-class recall
 with ``--per-class``, and writes every figure as JSON with ``--json``.
 """
@@ -22,7 +28,7 @@ import sys
 from pathlib import Path
 
 from sercli.augment import CONDITIONS
-from sercli.datasets import corpus_folds, find_clips, speaker_folds
+from sercli.datasets import corpus_folds, find_clips, label_order, natural_key, speaker_folds
 from sercli.evaluation import cached_features
 from sercli.features import FeatureConfig
 from sercli.model import ModelCard
@@ -48,7 +54,7 @@ def keras_predictors(folder: Path, folds: int) -> tuple[list, list, FeatureConfi
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("ravdess", type=Path)
+    parser.add_argument("corpus", type=Path, help="the test corpus: RAVDESS, or another layout sercli knows")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument(
         "--cnn",
@@ -66,8 +72,9 @@ def main() -> None:
         default=[],
         type=Path,
         metavar="FOLDER",
-        help="another corpus the fold models were trained on (as training_options.py was given it, after RAVDESS): "
-        "+head also fits each fold's head on its clips of the fold's training speakers, as the recipe does",
+        help="the corpora the fold models were trained on beside the test corpus, in the order training_options.py "
+        "was given them (the test corpus among them where it was not first): +head also fits each fold's head on "
+        "their clips of the fold's training speakers, as the recipe does",
     )
     parser.add_argument(
         "--baseline", action="store_true", help="add openSMILE eGeMAPS + LogReg, per speaker and global"
@@ -82,7 +89,7 @@ def main() -> None:
     args = parser.parse_args()
 
     vad = VadConfig()
-    clips = find_clips(args.ravdess, "ravdess")
+    clips = find_clips(args.corpus)
     folds = speaker_folds([c.speaker for c in clips], args.folds)
 
     def log(message: str) -> None:
@@ -98,14 +105,16 @@ def main() -> None:
     if len(taken) > 1:
         parser.error(f"the fold models take different features, which one table cannot hold: {taken}")
     features = taken.pop() if taken else FeatureConfig()
+    trained = args.head_corpus if args.corpus in args.head_corpus else [args.corpus, *args.head_corpus]
+    labels = label_order({clip.label for corpus in trained for clip in find_clips(corpus)})  # the networks' outputs
     heads = None
     if any(grouping.endswith("+head") for _, _, grouping in specs):
         # imported here: sercli.training imports TensorFlow, which openSMILE's worker process (it imports
         # this module afresh) must not have beside it
         from sercli.training import TrainConfig, degraded_variants
 
-        head_clips = clips + [clip for corpus in args.head_corpus for clip in find_clips(corpus)]
-        head_folds = corpus_folds(head_clips, args.folds)  # each corpus's own folds: RAVDESS's are `folds`
+        head_clips = [clip for corpus in trained for clip in find_clips(corpus)]  # in training's order: cached
+        head_folds = corpus_folds(head_clips, args.folds)  # each corpus's own folds: the test corpus's are `folds`
         clean = cached_features(args.cache, {"variant": 0}, head_clips, features, vad)
         copies = degraded_variants(head_clips, features, vad, TrainConfig(), args.cache, head_folds, log=log)
         heads = fold_heads([clean, *copies], head_folds)
@@ -113,16 +122,19 @@ def main() -> None:
     for name, folder, grouping in specs:
         grouping, _, head = grouping.partition("+")
         predictors, priors, _ = loaded[folder]
-        systems.append(CnnFolds(name, predictors, features, grouping or "speaker", priors, heads if head else None))
+        systems.append(
+            CnnFolds(name, predictors, labels, features, grouping or "speaker", priors, heads if head else None)
+        )
     if args.baseline:
         systems.append(OpenSmileBaseline("openSMILE per speaker", per_speaker=True, cache=args.cache))
         systems.append(OpenSmileBaseline("openSMILE global", per_speaker=False, cache=args.cache))
     conditions = args.condition or list(CONDITIONS)
-    table = robustness_table(systems, clips, folds, conditions, features, vad, cache=args.cache, log=log)
-    actors = sorted({int(c.speaker) for c in clips})
+    table = robustness_table(systems, clips, folds, conditions, features, vad, cache=args.cache, log=log, labels=labels)
+    speakers = sorted({c.speaker for c in clips}, key=natural_key)
+    tested = sorted({len(fold) for fold in folds})
     protocol = (
-        f"{args.folds}-fold leave-actors-out over actors {actors[0]:02d}-{actors[-1]:02d} ({len(actors)} actors, "
-        f"{len(actors) // args.folds} tested a fold), clip-level UA; each condition applied alone to the test clips"
+        f"{args.folds}-fold leave-actors-out over {clips[0].corpus} actors {speakers[0]}-{speakers[-1]} ({len(speakers)} "
+        f"actors, {'-'.join(map(str, tested))} tested a fold), clip-level UA; each condition applied alone to the test clips"
     )
     protocol += "".join(f"; {s.name}: {s.description}" for s in systems if isinstance(s, CnnFolds))
     if loaded:

@@ -79,8 +79,8 @@ class System(Protocol):
     def predict(
         self, fold: int, train: list[int], test: list[int], clean: ConditionData, data: ConditionData
     ) -> np.ndarray:
-        """Emotion indices of the clips ``test`` (indices into ``data.clips``) under ``data``'s condition,
-        by the model of fold ``fold``, which may use the clean clips ``train`` (indices) of ``clean``."""
+        """The emotions (label names) of the clips ``test`` (indices into ``data.clips``) under ``data``'s
+        condition, by the model of fold ``fold``, which may use the clean clips ``train`` (indices) of ``clean``."""
 
 
 def condition_data(
@@ -121,6 +121,8 @@ class CnnFolds:
     name : str
     predictors : list of callable
         Fold ``k``'s ``windows (n, frames, coeffs) -> probabilities (n, n_labels)``.
+    labels : list of str
+        The fold models' output order (n_labels names): all labels of the corpora they were trained on.
     features : FeatureConfig
         How windows are cut.
     grouping : str
@@ -147,6 +149,7 @@ class CnnFolds:
         self,
         name: str,
         predictors: list,
+        labels: list[str],
         features: FeatureConfig,
         grouping: str,
         priors=None,
@@ -155,6 +158,7 @@ class CnnFolds:
         if grouping not in self.GROUPINGS:
             raise ValueError(f"grouping must be one of {', '.join(self.GROUPINGS)}, not {grouping!r}")
         self.name, self.predictors, self.features, self.grouping = name, predictors, features, grouping
+        self.labels = np.asarray(labels)
         self.priors, self.heads = priors or [None] * len(predictors), heads
         self._windows: dict[str, object] = {}
 
@@ -178,10 +182,10 @@ class CnnFolds:
             groups = normalization_groups(subset.clips, self.grouping)
             x = subset.normalized(self.grouping, prior)
         probabilities = clip_probabilities(self.predictors[fold](x), subset)
-        if not self.heads:
-            return probabilities.argmax(axis=1)
-        head = self.heads[fold]
-        return head.fused(probabilities, head_log_probabilities(head, subset.functionals, groups)).argmax(axis=1)
+        if self.heads:
+            head = self.heads[fold]
+            probabilities = head.fused(probabilities, head_log_probabilities(head, subset.functionals, groups))
+        return self.labels[probabilities.argmax(axis=1)]
 
 
 def fold_heads(variants: Sequence[ClipFeatures], folds: list[list[str]]) -> list[FunctionalHead]:
@@ -262,10 +266,8 @@ class OpenSmileBaseline:
         test_clips = [data.clips[i] for i in test]
         x_train = self._standardized(train_x, train_clips, train_x)
         x_test = self._standardized(self.functionals(data)[test], test_clips, train_x)
-        order = label_order({clip.label for clip in clean.clips})
-        labels = np.array([order.index(clip.label) for clip in train_clips])
         model = LogisticRegression(max_iter=3000, C=0.1, class_weight="balanced")
-        return model.fit(x_train, labels).predict(x_test)
+        return model.fit(x_train, [clip.label for clip in train_clips]).predict(x_test)
 
 
 def egemaps_functionals(signals: Sequence[np.ndarray], sample_rate: int) -> np.ndarray:
@@ -290,6 +292,7 @@ def robustness_table(
     seed: int = 0,
     cache: Path | None = None,
     log: Log = lambda _: None,
+    labels: list[str] | None = None,
 ) -> dict[str, dict[str, dict]]:
     """Score every system under every condition by leave-speakers-out cross-validation.
 
@@ -299,6 +302,9 @@ def robustness_table(
         Test speakers of each fold; fold ``k``'s systems were trained on the other speakers.
     conditions : sequence of str
         Keys of :data:`sercli.augment.CONDITIONS`.
+    labels : list of str, optional
+        Every label a system may answer, in the metrics' order (default: the clips' own,
+        :func:`sercli.datasets.label_order`); a label the clips lack has no recall.
 
     Returns
     -------
@@ -310,7 +316,8 @@ def robustness_table(
     clean_signals = list(iter_clips(clips, features.sample_rate))
     clean = condition_data("clean", clips, clean_signals, folds, features, vad, seed, cache)
     speakers = clip_groups(clips)
-    labels = label_order({clip.label for clip in clips})
+    labels = labels or label_order({clip.label for clip in clips})
+    index = {label: i for i, label in enumerate(labels)}
     table: dict[str, dict[str, dict]] = {system.name: {} for system in systems}
     for condition in conditions:
         data = (
@@ -323,8 +330,8 @@ def robustness_table(
             for k, test_speakers in enumerate(folds):
                 test = np.flatnonzero(np.isin(speakers, test_speakers))
                 train = np.flatnonzero(~np.isin(speakers, test_speakers))
-                predicted.append(system.predict(k, train, test, clean, data))
-                true.append(np.array([labels.index(clips[i].label) for i in test]))
+                predicted.append(np.array([index[label] for label in system.predict(k, train, test, clean, data)]))
+                true.append(np.array([index[clips[i].label] for i in test]))
             metrics = classification_metrics(np.concatenate(true), np.concatenate(predicted), labels)
             metrics["fold_unweighted_accuracy"] = [
                 classification_metrics(t, p, labels)["unweighted_accuracy"] for t, p in zip(true, predicted)

@@ -30,7 +30,7 @@ def table(ravdess, normalized_model, tmp_path_factory):
     folds = speaker_folds([c.speaker for c in clips], 2)
     model = load_classifier(normalized_model)
     systems = [
-        CnnFolds("cnn", [model.predict_proba] * len(folds), FeatureConfig(), "speaker"),
+        CnnFolds("cnn", [model.predict_proba] * len(folds), model.card.labels, FeatureConfig(), "speaker"),
         OpenSmileBaseline("openSMILE", per_speaker=True),
     ]
     cache = tmp_path_factory.mktemp("cache")
@@ -106,3 +106,21 @@ def test_each_fold_head_learns_from_every_corpus_but_never_from_its_test_speaker
     probabilities = [np.exp(head_log_probabilities(head, x, groups)) for head in heads]
     assert probabilities[0][:, 2].max() < 0.01  # labels in EMOTIONS order: neutral, angry, surprised
     assert probabilities[1].argmax(axis=1).tolist() == [2] * surprised.sum()
+
+
+def test_a_corpus_without_some_of_the_models_labels_is_scored_in_the_models_label_space(ravdess, normalized_model):
+    """nEMO has 6 of the 8 labels: a fold model may still answer calm, and that answer is simply wrong."""
+    clips = [clip for clip in find_clips(ravdess, "ravdess") if clip.label in ("neutral", "angry")]
+    folds = speaker_folds([c.speaker for c in clips], 2)
+    model = load_classifier(normalized_model)
+    always_calm = [lambda w: np.eye(len(model.card.labels))[np.full(len(w), 1)]] * len(folds)
+    systems = [
+        CnnFolds("cnn", [model.predict_proba] * len(folds), model.card.labels, FeatureConfig(), "speaker"),
+        CnnFolds("calm", always_calm, model.card.labels, FeatureConfig(), "speaker"),
+    ]
+    table = robustness_table(systems, clips, folds, ["clean"], FeatureConfig(), VadConfig(), labels=model.card.labels)
+    assert model.card.labels[1] == "calm"
+    for system in table.values():
+        recall = system["clean"]["per_class_recall"]
+        assert list(recall) == model.card.labels and recall["calm"] is None and recall["neutral"] is not None
+    assert table["calm"]["clean"]["unweighted_accuracy"] == 0.0
