@@ -106,17 +106,17 @@ def main() -> None:
         parser.error(f"the fold models take different features, which one table cannot hold: {taken}")
     features = taken.pop() if taken else FeatureConfig()
     trained = args.head_corpus if args.corpus in args.head_corpus else [args.corpus, *args.head_corpus]
-    labels = label_order({clip.label for corpus in trained for clip in find_clips(corpus)})  # the networks' outputs
+    trained_clips = [clip for corpus in trained for clip in find_clips(corpus)]  # in training's order: cached
+    labels = label_order({clip.label for clip in trained_clips})  # the networks' outputs
     heads = None
     if any(grouping.endswith("+head") for _, _, grouping in specs):
         # imported here: sercli.training imports TensorFlow, which openSMILE's worker process (it imports
         # this module afresh) must not have beside it
         from sercli.training import TrainConfig, degraded_variants
 
-        head_clips = [clip for corpus in trained for clip in find_clips(corpus)]  # in training's order: cached
-        head_folds = corpus_folds(head_clips, args.folds)  # each corpus's own folds: the test corpus's are `folds`
-        clean = cached_features(args.cache, {"variant": 0}, head_clips, features, vad)
-        copies = degraded_variants(head_clips, features, vad, TrainConfig(), args.cache, head_folds, log=log)
+        head_folds = corpus_folds(trained_clips, args.folds)  # each corpus's own folds: the test corpus's are `folds`
+        clean = cached_features(args.cache, {"variant": 0}, trained_clips, features, vad)
+        copies = degraded_variants(trained_clips, features, vad, TrainConfig(), args.cache, head_folds, log=log)
         heads = fold_heads([clean, *copies], head_folds)
     systems = []
     for name, folder, grouping in specs:
@@ -140,7 +140,7 @@ def main() -> None:
     if loaded:
         protocol += f"; fold models: {', '.join(loaded)} (benchmarks/training_options.py)"
     if heads:
-        corpora = ", ".join(dict.fromkeys(clip.corpus for clip in head_clips))
+        corpora = ", ".join(dict.fromkeys(clip.corpus for clip in trained_clips))
         protocol += (
             f"; heads fitted on the clean and degraded clips ({corpora}) of every speaker a fold does not test, "
             "its early-stopping speakers included"

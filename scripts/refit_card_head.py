@@ -30,8 +30,7 @@ from sercli.cross_validation import fold_features, fold_model_path, fold_summary
 from sercli.datasets import corpus_folds, find_clips, fold_split, natural_key
 from sercli.evaluation import cached_features
 from sercli.model import ModelCard
-from sercli.recipe import head_provenance
-from sercli.training import TrainConfig, degraded_variants, training_head
+from sercli.training import TrainConfig, degraded_variants, head_provenance, training_head
 from sercli.vad import VadConfig
 
 

@@ -24,7 +24,6 @@ from sercli.datasets import DatasetError, LabelledClip, corpus_folds, label_coun
 from sercli.evaluation import Log, WindowSet, cached_features, evaluate_clips, predict_clips
 from sercli.export import save_model
 from sercli.features import FeatureConfig
-from sercli.fusion import FunctionalHead
 from sercli.model import ModelCard, ModelError, bundled_model_path, file_sha256
 from sercli.normalization import FrameStats
 from sercli.training import (
@@ -32,6 +31,7 @@ from sercli.training import (
     TrainConfig,
     degraded_variants,
     fit,
+    head_provenance,
     held_out_normalization,
     learning_rate,
     predict_windows,
@@ -241,14 +241,6 @@ def train_model(
     if cv_folds:
         checkpoint.unlink(missing_ok=True)
     return card
-
-
-def head_provenance(train: list[WindowSet], head: FunctionalHead) -> str:
-    """What a card says of ``head``, fitted by :func:`sercli.training.training_head` on ``train`` (clean, then copies)."""
-    return (
-        f"{head.architecture}, fitted on {len(train[0].clips)} training clips, clean and as {len(train) - 1} degraded copies, "
-        "every corpus and every class within it weighing alike"
-    )
 
 
 def train_sources(

@@ -232,6 +232,14 @@ def training_head(train: list[WindowSet]) -> FunctionalHead:
     )
 
 
+def head_provenance(train: list[WindowSet], head: FunctionalHead) -> str:
+    """What a card says of ``head``, fitted by :func:`training_head` on ``train`` (clean, then copies)."""
+    return (
+        f"{head.architecture}, fitted on {len(train[0].clips)} training clips, clean and as {len(train) - 1} degraded copies, "
+        "every corpus and every class within it weighing alike"
+    )
+
+
 def training_prior(train: WindowSet, config: TrainConfig, base: BaseModel | None = None) -> FrameStats:
     """The pseudo-frames a model trained on ``train`` adds to every normalisation group's statistics:
     the pooled frame statistics of the (clean) training clips as ``config.prior_frames`` frames. A
