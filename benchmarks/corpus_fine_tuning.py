@@ -28,7 +28,15 @@ from sercli.cross_validation import FOLD_FEATURES, fold_features, fold_model_pat
 from sercli.datasets import corpus_folds, find_clips, fold_split
 from sercli.evaluation import cached_features, classification_metrics, predict_clips
 from sercli.model import ModelCard
-from sercli.training import FINE_TUNING_LEARNING_RATE, BaseModel, TrainConfig, degraded_variants, fit, prior_fields
+from sercli.training import (
+    FINE_TUNING_LEARNING_RATE,
+    BaseModel,
+    TrainConfig,
+    degraded_variants,
+    fit,
+    predict_windows,
+    prior_fields,
+)
 from sercli.vad import VadConfig
 
 
@@ -90,9 +98,7 @@ def main() -> None:
             model.save(path)
             write_prior(prior, path.with_suffix(".prior.json"))
             test = data.for_speakers(test_speakers)
-            network = predict_clips(
-                lambda w, m=model: m.predict(w[..., None], batch_size=256, verbose=0), test, "speaker", prior
-            )
+            network = predict_clips(lambda w, m=model: predict_windows(m, w), test, "speaker", prior)
             done[str(k)] = {
                 "true": test.clip_labels.tolist(),
                 "predicted": network.argmax(axis=1).tolist(),

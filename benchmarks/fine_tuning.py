@@ -37,7 +37,7 @@ from sercli.datasets import find_clips
 from sercli.evaluation import cached_features, evaluate_clips, iter_clips
 from sercli.model import ModelCard
 from sercli.robustness import condition_data
-from sercli.training import FINE_TUNING_LEARNING_RATE, BaseModel, TrainConfig, degraded_variants, fit
+from sercli.training import FINE_TUNING_LEARNING_RATE, BaseModel, TrainConfig, degraded_variants, fit, predict_windows
 from sercli.vad import VadConfig
 
 SYSTEMS = {
@@ -97,7 +97,7 @@ def main() -> None:
                 else:
                     tuned = replace(config, learning_rate=FINE_TUNING_LEARNING_RATE, freeze_convolutions=freeze)
                     model, _ = fit(train, None, tuned, base=base)
-                metrics = evaluate_clips(lambda w, m=model: m.predict(w[..., None], batch_size=256, verbose=0), test)
+                metrics = evaluate_clips(lambda w, m=model: predict_windows(m, w), test)
                 row = {
                     "system": system,
                     "actors": size,
@@ -134,7 +134,7 @@ def base_alone(base: BaseModel, test) -> float:
     columns = [base.card.labels.index(label) for label in test.labels]
 
     def predict(windows):
-        return base.model.predict(windows[..., None], batch_size=256, verbose=0)[:, columns]
+        return predict_windows(base.model, windows)[:, columns]
 
     return evaluate_clips(predict, test)["unweighted_accuracy"]
 

@@ -43,13 +43,15 @@ def keras_predictors(folder: Path, folds: int) -> tuple[list, list, FeatureConfi
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
-    from sercli.cross_validation import fold_features, fold_model_path, read_prior  # TensorFlow: not at the top
+    # TensorFlow: not at the top
+    from sercli.cross_validation import fold_features, fold_model_path, read_prior
+    from sercli.training import predict_windows
 
     paths = [fold_model_path(folder, k) for k in range(folds)]
     models = [keras.models.load_model(path, compile=False) for path in paths]
     priors = [read_prior(path.with_suffix(".prior.json")) for path in paths]
     features = fold_features(folder)
-    return [lambda w, m=m: m.predict(w[..., None], batch_size=256, verbose=0) for m in models], priors, features
+    return [lambda w, m=m: predict_windows(m, w) for m in models], priors, features
 
 
 def main() -> None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sercli.datasets import LabelledClip, balanced_weights, clip_groups
 from sercli.normalization import FrameStats
 
 PRIOR_SEGMENTS = 20
@@ -345,3 +346,25 @@ def fit_head(
     else:
         weights_out[:, classes], bias_out[classes] = fitted_weights, fitted_bias
     return FunctionalHead((*layers[:-1], (weights_out, bias_out)), prior)
+
+
+def fit_clip_head(functionals: Sequence[np.ndarray], clips: list[LabelledClip], labels: list[str]) -> FunctionalHead:
+    """The head ``sercli train`` fits beside its network (:func:`fit_head`, hidden layers): on labelled clips,
+    clean and each degraded copy, each clip standardised with its speaker's (or, unknown, its recording's)
+    and weighted as the network's loss weighs it (:func:`sercli.datasets.balanced_weights`).
+
+    Parameters
+    ----------
+    functionals : sequence of np.ndarray, each of shape (len(clips), n_functionals)
+        The clips' functionals, clean and each degraded copy.
+    clips : list of LabelledClip
+    labels : list of str
+        The model's labels, in its output order.
+    """
+    return fit_head(
+        functionals,
+        np.array([labels.index(clip.label) for clip in clips]),
+        clip_groups(clips),
+        len(labels),
+        balanced_weights(clips),
+    )

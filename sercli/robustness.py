@@ -26,7 +26,7 @@ from typing import ClassVar, Protocol
 import numpy as np
 
 from sercli.augment import CONDITIONS
-from sercli.datasets import LabelledClip, balanced_weights, clip_groups, label_order
+from sercli.datasets import LabelledClip, clip_groups, label_order
 from sercli.evaluation import (
     ClipFeatures,
     Log,
@@ -39,7 +39,7 @@ from sercli.evaluation import (
     standardize_groups,
 )
 from sercli.features import FeatureConfig
-from sercli.fusion import FunctionalHead, fit_head, head_log_probabilities
+from sercli.fusion import FunctionalHead, fit_clip_head, head_log_probabilities
 from sercli.vad import VadConfig
 
 
@@ -189,8 +189,8 @@ class CnnFolds:
 
 
 def fold_heads(variants: Sequence[ClipFeatures], folds: list[list[str]]) -> list[FunctionalHead]:
-    """Each fold's functional head (:func:`sercli.fusion.fit_head`), fitted on the clips of every speaker
-    not tested in the fold, clean and degraded, weighted as the network's loss weighs them.
+    """Each fold's functional head, fitted as ``sercli train`` fits it (:func:`sercli.fusion.fit_clip_head`)
+    on the clips of every speaker not tested in the fold, clean and degraded.
 
     Parameters
     ----------
@@ -203,20 +203,10 @@ def fold_heads(variants: Sequence[ClipFeatures], folds: list[list[str]]) -> list
     """
     clips = variants[0].clips
     speakers, labels = clip_groups(clips), label_order({clip.label for clip in clips})
-    heads = []
-    for test_speakers in folds:
-        train = np.flatnonzero(~np.isin(speakers, test_speakers))
-        train_clips = [clips[i] for i in train]
-        heads.append(
-            fit_head(
-                [variant.functionals[train] for variant in variants],
-                np.array([labels.index(clip.label) for clip in train_clips]),
-                speakers[train],
-                len(labels),
-                balanced_weights(train_clips),
-            )
-        )
-    return heads
+    trained = [np.flatnonzero(~np.isin(speakers, test_speakers)) for test_speakers in folds]
+    return [
+        fit_clip_head([v.functionals[rows] for v in variants], [clips[i] for i in rows], labels) for rows in trained
+    ]
 
 
 class OpenSmileBaseline:

@@ -28,7 +28,7 @@ from sercli.augment import AugmentConfig, random_degradation
 from sercli.datasets import LabelledClip, balanced_weights, clip_groups, natural_key
 from sercli.evaluation import ClipFeatures, Log, WindowSet, cached_features, evaluate_windows, group_moments, iter_clips
 from sercli.features import FeatureConfig
-from sercli.fusion import FunctionalHead, fit_head
+from sercli.fusion import FunctionalHead, fit_clip_head
 from sercli.model import ModelCard, ModelError
 from sercli.normalization import PRIOR_FRAMES, FrameStats
 from sercli.vad import VadConfig
@@ -219,17 +219,10 @@ def fit(
 
 
 def training_head(train: list[WindowSet]) -> FunctionalHead:
-    """The functional head (:func:`sercli.fusion.fit_head`) of the training clips, clean and each degraded
+    """The functional head (:func:`sercli.fusion.fit_clip_head`) of the training clips, clean and each degraded
     copy (``train``: the same clips, as :func:`fit` takes them), standardised over each speaker's clips
     (each recording's when speakers are unknown)."""
-    clean = train[0]
-    return fit_head(
-        [copy.functionals for copy in train],
-        clean.clip_labels,
-        clip_groups(clean.clips),
-        len(clean.labels),
-        balanced_weights(clean.clips),
-    )
+    return fit_clip_head([copy.functionals for copy in train], train[0].clips, train[0].labels)
 
 
 def head_provenance(train: list[WindowSet], head: FunctionalHead) -> str:
